@@ -1,0 +1,124 @@
+"""The backend control connection: commands out, replies matched back to their command.
+
+Replies are matched first-in first-out: each command receives its 1xx replies
+and then exactly one final reply (RFC 959 §4.2).  A reply that arrives with no
+command waiting (``421`` on idle timeout, say) goes to ``on_unsolicited``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .config import BackendAddress
+from .ftp.errors import FTPSyntaxError
+from .ftp.replies import Reply, ReplyParser
+
+log = Logger()
+
+ReplyHandler = Callable[[Reply], None]
+
+
+class BackendGreetingError(Exception):
+    """The backend answered the connection with something other than 220."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"backend greeting {reply.code}: {reply.text}")
+        self.reply = reply
+
+
+class BackendControl(Protocol):
+    """One backend control connection, owned by one client session."""
+
+    def __init__(self) -> None:
+        self._parser = ReplyParser()
+        self._waiting: deque[ReplyHandler] = deque()
+        self.greeting: Deferred[Reply] = Deferred()
+        self._greeted = False
+        self.on_unsolicited: Callable[[Reply], None] = lambda reply: None
+        self.on_lost: Callable[[str], None] = lambda why: None
+        self.closing = False
+
+    @property
+    def peer_host(self) -> str:
+        return str(self.transport.getPeer().host)  # type: ignore[union-attr]
+
+    def request(self, line: bytes, handler: ReplyHandler) -> None:
+        """Send one command line (CRLF included) and route its replies to *handler*."""
+        self._waiting.append(handler)
+        self.transport.write(line)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            replies = self._parser.feed(data)
+        except FTPSyntaxError as error:
+            log.warn("backend sent a malformed reply: {error}", error=error)
+            self.on_lost(f"malformed reply from backend ({error})")
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        for reply in replies:
+            self._dispatch(reply)
+
+    def _dispatch(self, reply: Reply) -> None:
+        if not self._greeted:
+            if reply.is_preliminary:
+                return  # 120: service ready in nnn minutes (RFC 959)
+            self._greeted = True
+            if reply.code == 220:
+                self.greeting.callback(reply)
+            else:
+                self.greeting.errback(Failure(BackendGreetingError(reply)))
+            return
+        if not self._waiting:
+            self.on_unsolicited(reply)
+            return
+        handler = self._waiting[0]
+        if not reply.is_preliminary:
+            self._waiting.popleft()
+        handler(reply)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if not self._greeted:
+            self._greeted = True
+            self.greeting.errback(reason)
+        if not self.closing:
+            self.on_lost(reason.getErrorMessage())
+
+
+def connect_backend(
+    reactor: IReactorTCP, address: BackendAddress, timeout: float
+) -> Deferred[BackendControl]:
+    """Connect to *address* and wait for its greeting; fails with the reason otherwise."""
+    endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
+    connected: Deferred[BackendControl] = endpoint.connect(Factory.forProtocol(BackendControl))  # type: ignore[assignment]
+
+    def greeted(control: BackendControl) -> Deferred[BackendControl]:
+        timer = reactor.callLater(timeout, control.greeting.cancel)  # type: ignore[attr-defined]
+
+        def done(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        control.greeting.addBoth(done)
+
+        def failed(reason: Failure) -> Failure:
+            control.close()
+            return reason
+
+        return control.greeting.addCallbacks(lambda _: control, failed)  # type: ignore[return-value]
+
+    return connected.addCallback(greeted)

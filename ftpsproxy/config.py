@@ -1,0 +1,182 @@
+"""Configuration: TOML file and command-line options merged into one frozen, validated Config.
+
+Command-line options win over the file.  Keys in the file are the long option
+names (``passive-ports = "41000-41019"``); errors name the offending key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+_DEFAULT_PORTS = {"ftp": 21, "ftpes": 21, "ftps": 990}
+
+
+@dataclass(frozen=True, slots=True)
+class BackendAddress:
+    """Where sessions are relayed to; ``scheme`` says how the backend speaks TLS."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_backend_url(text: str) -> BackendAddress:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ConfigError(f"backend: {text!r}: scheme must be ftp://, ftpes:// or ftps://")
+    try:
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    except ValueError as error:
+        raise ConfigError(f"backend: {text!r}: invalid port") from error
+    if not parts.hostname:
+        raise ConfigError(f"backend: {text!r}: no host")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ConfigError(f"backend: {text!r}: only scheme://host:port is allowed")
+    return BackendAddress(parts.scheme, parts.hostname, port)
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.low <= self.high <= 65535:
+            raise ConfigError(
+                f"passive-ports: {self.low}-{self.high} must be within 1024-65535, low <= high"
+            )
+
+    @property
+    def size(self) -> int:
+        return self.high - self.low + 1
+
+
+def parse_port_range(text: str) -> PortRange:
+    low, sep, high = text.strip().partition("-")
+    try:
+        return PortRange(int(low), int(high if sep else low))
+    except ValueError as error:
+        raise ConfigError(f"passive-ports: {text!r} is not MIN-MAX") from error
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    backend: BackendAddress
+    listen: tuple[str, ...] = ()
+    listen_implicit: tuple[str, ...] = ()
+    certificate: Path | None = None
+    private_key: Path | None = None
+    tls_minimum_version: str = "1.2"
+    tls_ciphers: str | None = None
+    require_tls: bool = False
+    passive_ports: PortRange = field(default_factory=lambda: PortRange(40000, 40099))
+    public_address: str | None = None
+    metrics: str | None = None
+    passive_timeout: float = 30.0
+    backend_connect_timeout: float = 10.0
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.certificate is not None
+
+
+# Option name -> how to turn a value (from the command line or the file) into a Config field.
+_SCALARS: dict[str, str] = {
+    "certificate": "path",
+    "private-key": "path",
+    "tls-minimum-version": "str",
+    "tls-ciphers": "str",
+    "require-tls": "bool",
+    "passive-ports": "range",
+    "public-address": "ip4",
+    "metrics": "str",
+    "passive-timeout": "seconds",
+    "backend-connect-timeout": "seconds",
+    "backend": "backend",
+}
+_LISTS = ("listen", "listen-implicit")
+KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})
+
+
+def _convert(key: str, kind: str, value: Any) -> Any:
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a string or number, got {value!r}")
+    if kind == "path":
+        return Path(str(value))
+    if kind == "range":
+        return parse_port_range(str(value))
+    if kind == "backend":
+        return parse_backend_url(str(value))
+    if kind == "seconds":
+        try:
+            seconds = float(value)
+        except ValueError as error:
+            raise ConfigError(f"{key}: {value!r} is not a number of seconds") from error
+        if not 0 < seconds <= 86400:
+            raise ConfigError(f"{key}: {value!r} must be between 0 and 86400 seconds")
+        return seconds
+    if kind == "ip4":
+        try:
+            return str(ipaddress.IPv4Address(str(value)))
+        except ValueError as error:
+            raise ConfigError(f"{key}: {value!r} is not an IPv4 address") from error
+    return str(value)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"config {path}: cannot read: {error.strerror}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config {path}: {error}") from error
+    unknown = sorted(set(data) - KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(f"config {path}: unknown key {unknown[0]!r}")
+    return data
+
+
+def build_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> Config:
+    """Merge file and command-line values (command line wins) and validate them together."""
+    fields: dict[str, Any] = {}
+    for key, kind in _SCALARS.items():
+        value = cli_values.get(key)
+        if value is None:
+            value = file_values.get(key)
+        if value is not None:
+            fields[key.replace("-", "_")] = _convert(key, kind, value)
+    for key in _LISTS:
+        values = cli_values.get(key) or file_values.get(key) or []
+        if isinstance(values, str) or not all(isinstance(item, str) for item in values):
+            raise ConfigError(f"{key}: expected a list of endpoint strings")
+        fields[key.replace("-", "_")] = tuple(values)
+    if "backend" not in fields:
+        raise ConfigError("backend: required (e.g. --backend ftp://127.0.0.1:2100)")
+    if not fields["listen"] and not fields["listen_implicit"]:
+        raise ConfigError("listen: give at least one --listen or --listen-implicit endpoint")
+    has_cert = "certificate" in fields
+    if has_cert != ("private_key" in fields):
+        raise ConfigError("certificate and private-key must be given together")
+    if fields["listen_implicit"] and not has_cert:
+        raise ConfigError("listen-implicit: needs --certificate and --private-key")
+    if fields.get("require_tls") and not has_cert:
+        raise ConfigError("require-tls: needs --certificate and --private-key")
+    return Config(**fields)

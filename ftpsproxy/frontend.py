@@ -1,0 +1,123 @@
+"""The client-facing control connection: bytes in, lines to the session, replies out.
+
+Three modes share this protocol: ``plain`` (no TLS configured), ``explicit``
+(``AUTH TLS`` upgrades the connection in place) and ``implicit`` (the factory
+is wrapped in TLS, so TLS starts with the first byte).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .ftp.errors import LineTooLong
+from .ftp.lines import LineBuffer
+from .session import ProxyContext, Session
+
+log = Logger()
+
+
+@implementer(IHandshakeListener)
+class FrontendProtocol(Protocol):
+    """Implements the session's ``ClientLink`` on top of a TCP (or TLS) transport."""
+
+    def __init__(self, context: ProxyContext, listener: str, mode: str) -> None:
+        self._context = context
+        self._listener = listener
+        self._mode = mode
+        self._lines = LineBuffer()
+        self._stop_reading_lines = False
+        self.tls_active = False
+        self._tls_started = mode == "implicit"
+        self.peer_host = ""
+        self.local_host = ""
+        self.session: Session | None = None
+
+    def connectionMade(self) -> None:
+        self.peer_host = str(self.transport.getPeer().host)  # type: ignore[union-attr]
+        self.local_host = str(self.transport.getHost().host)  # type: ignore[union-attr]
+        mode = "explicit" if self._mode == "plain" and self._context.server_tls else self._mode
+        self.session = Session(self._context, self, listener=self._listener, mode=mode)
+        self.session.start()
+
+    def handshakeCompleted(self) -> None:
+        self.tls_active = True
+        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        self._context.metrics.tls_handshakes.labels(
+            side="client", channel="control", version=handle.get_protocol_version_name()
+        ).inc()
+
+    def dataReceived(self, data: bytes) -> None:
+        session = self.session
+        if session is None:
+            return
+        try:
+            lines = self._lines.feed(data)
+        except LineTooLong:
+            self._lines.clear()
+            session.client_line_too_long()
+            return
+        self._stop_reading_lines = False
+        for line in lines:
+            if self._stop_reading_lines:
+                break
+            session.client_line(line)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if self._tls_started and not self.tls_active:
+            self._context.metrics.tls_handshake_failures.labels(
+                side="client", channel="control"
+            ).inc()
+        if self.session is not None:
+            self.session.client_lost()
+
+    # -- ClientLink -------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def start_tls(self) -> None:
+        """Upgrade after ``234``: whatever the client sent behind ``AUTH`` is dropped (CVE-2011-0411)."""
+        assert self._context.server_tls is not None
+        self._stop_reading_lines = True
+        dropped = self._lines.clear()
+        if dropped:
+            log.warn(
+                "dropped {count} bytes sent in clear behind AUTH TLS from {client}",
+                count=len(dropped),
+                client=self.peer_host,
+            )
+        self._tls_started = True
+        self.transport.startTLS(self._context.server_tls)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class FrontendFactory(Factory):
+    noisy = False
+
+    def __init__(self, context: ProxyContext, listener: str, mode: str) -> None:
+        self._context = context
+        self._listener = listener
+        self._mode = mode
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:
+        return FrontendProtocol(self._context, self._listener, self._mode)
+
+
+def frontend_factory(context: ProxyContext, listener: str, *, implicit: bool) -> Factory:
+    """The factory for one listener; implicit listeners get TLS from the first byte."""
+    if implicit:
+        assert context.server_tls is not None
+        inner = FrontendFactory(context, listener, "implicit")
+        return TLSMemoryBIOFactory(context.server_tls, False, inner)
+    mode = "explicit" if context.server_tls is not None else "plain"
+    return FrontendFactory(context, listener, mode)

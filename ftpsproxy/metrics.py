@@ -1,0 +1,107 @@
+"""The proxy's Prometheus series, in one registry owned by the service.
+
+Every label value comes from a fixed set (never a user, file name or address),
+so the series count is bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
+
+FRONTEND_MODES = ("plain", "explicit", "implicit")
+DIRECTIONS = ("upload", "download", "listing")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.sessions_active = Gauge(
+            "ftpsproxy_sessions_active",
+            "Client sessions currently open, by listener and frontend mode.",
+            ["listener", "mode"],
+            registry=r,
+        )
+        self.sessions_total = Counter(
+            "ftpsproxy_sessions",
+            "Client sessions accepted, by listener and frontend mode.",
+            ["listener", "mode"],
+            registry=r,
+        )
+        self.logins_total = Counter(
+            "ftpsproxy_logins", "Login attempts relayed, by result.", ["result"], registry=r
+        )
+        self.session_duration = Histogram(
+            "ftpsproxy_session_duration_seconds",
+            "How long client sessions lasted.",
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400),
+            registry=r,
+        )
+        self.tls_handshake_failures = Counter(
+            "ftpsproxy_tls_handshake_failures",
+            "TLS handshakes that failed, by side and channel.",
+            ["side", "channel"],
+            registry=r,
+        )
+        self.tls_handshakes = Counter(
+            "ftpsproxy_tls_handshakes",
+            "TLS handshakes completed, by side, channel and protocol version.",
+            ["side", "channel", "version"],
+            registry=r,
+        )
+        self.bytes_total = Counter(
+            "ftpsproxy_transfer_bytes",
+            "Data-connection payload bytes relayed, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.transfers_total = Counter(
+            "ftpsproxy_transfers",
+            "Data transfers finished, by direction and result.",
+            ["direction", "result"],
+            registry=r,
+        )
+        self.transfers_active = Gauge(
+            "ftpsproxy_transfers_active", "Data transfers currently running.", registry=r
+        )
+        self.passive_ports_in_use = Gauge(
+            "ftpsproxy_passive_ports_in_use", "Passive ports currently allocated.", registry=r
+        )
+        self.passive_ports_capacity = Gauge(
+            "ftpsproxy_passive_ports_capacity", "Size of the passive port range.", registry=r
+        )
+        self.passive_ports_exhausted = Counter(
+            "ftpsproxy_passive_ports_exhausted",
+            "PASV/EPSV requests refused because every passive port was in use.",
+            registry=r,
+        )
+        self.data_connections_refused = Counter(
+            "ftpsproxy_data_connections_refused",
+            "Data connections refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.backend_connects_total = Counter(
+            "ftpsproxy_backend_connects",
+            "Backend control connection attempts, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.commands_total = Counter(
+            "ftpsproxy_commands",
+            "Client commands received, by verb (known verbs, else 'other').",
+            ["verb"],
+            registry=r,
+        )
+        for direction in DIRECTIONS:
+            self.bytes_total.labels(direction=direction)
+        self.transfers_active.set(0)
+        self.passive_ports_in_use.set(0)

@@ -1,0 +1,131 @@
+"""Passive data listeners: one port of the range per PASV/EPSV, for one connection.
+
+A listener accepts only connections from the session's client address; others
+are closed at once and counted.  It stops listening after the first accepted
+connection, and gives its port back to the allocator on every path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from .metrics import Metrics
+from .ports import PortAllocator
+from .tlsconfig import ServerTLS
+
+log = Logger()
+
+
+def _host_of(address: IAddress) -> str | None:
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else None
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Compare addresses, treating ``::ffff:1.2.3.4`` as ``1.2.3.4``."""
+    return a.removeprefix("::ffff:") == b.removeprefix("::ffff:")
+
+
+class _AcceptOnce(Factory):
+    """Builds the protocol for the first connection from the expected client, refuses others."""
+
+    noisy = False
+
+    def __init__(self, listener: PassiveListener) -> None:
+        self._listener = listener
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        return self._listener._accept(addr)
+
+
+class PassiveListener:
+    """One listening port of the passive range, waiting for one client data connection."""
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        allocator: PortAllocator,
+        metrics: Metrics,
+        client_host: str,
+        build: Callable[[], Protocol],
+        tls: ServerTLS | None,
+    ) -> None:
+        self._reactor = reactor
+        self._allocator = allocator
+        self._metrics = metrics
+        self._client_host = client_host
+        self._build = build
+        self._tls = tls
+        self._listening: IListeningPort | None = None
+        self.port: int | None = None
+        self.accepted = False
+
+    def start(self, interface: str) -> bool:
+        """Listen on a free port of the range; False when none can be had."""
+        for _ in range(self._allocator.capacity):
+            port = self._allocator.acquire()
+            if port is None:
+                break
+            try:
+                self._listening = self._reactor.listenTCP(
+                    port, _AcceptOnce(self), backlog=8, interface=interface
+                )
+            except CannotListenError as error:
+                # Someone else holds this port; leave it out of rotation briefly.
+                log.warn("passive port {port} unavailable: {error}", port=port, error=error)
+                self._allocator.release(port)
+                continue
+            self.port = port
+            self._metrics.passive_ports_in_use.set(self._allocator.in_use)
+            return True
+        self._metrics.passive_ports_exhausted.inc()
+        return False
+
+    def _accept(self, addr: IAddress) -> Protocol | None:
+        host = _host_of(addr)
+        if self.accepted or host is None or not _same_host(host, self._client_host):
+            self._metrics.data_connections_refused.labels(reason="foreign_address").inc()
+            log.warn(
+                "refused data connection from {peer} (session client {client})",
+                peer=host,
+                client=self._client_host,
+            )
+            return None
+        self.accepted = True
+        self._stop_listening()
+        protocol = self._build()
+        if self._tls is not None:
+            wrapper = TLSMemoryBIOFactory(self._tls, False, _Single(protocol))
+            return wrapper.buildProtocol(addr)
+        return protocol
+
+    def _stop_listening(self) -> None:
+        if self._listening is not None:
+            listening, self._listening = self._listening, None
+            listening.stopListening()
+
+    def close(self) -> None:
+        """Stop listening (if still) and release the port.  Safe to call more than once."""
+        self._stop_listening()
+        if self.port is not None:
+            self._allocator.release(self.port)
+            self.port = None
+            self._metrics.passive_ports_in_use.set(self._allocator.in_use)
+
+
+class _Single(Factory):
+    """A factory that hands out one already-built protocol (for the TLS wrapper)."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress) -> Protocol:
+        return self._protocol

@@ -1,0 +1,295 @@
+"""One data transfer: the client's and the backend's data connections, coupled.
+
+The source side's transport is registered as the producer of the sink side's
+transport (as in Twisted's ``portforward``): flow control both ways, no queue
+of our own beyond the single read a side may deliver before it is coupled.
+The channel reports its end once *both* connections are closed, which is when
+the session may pass the backend's final reply on to the client.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from twisted.internet.base import DelayedCall
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .ftp.policy import Direction
+from .metrics import Metrics
+
+log = Logger()
+
+
+class Side(enum.Enum):
+    CLIENT = "client"
+    BACKEND = "backend"
+
+
+class Outcome(enum.Enum):
+    COMPLETE = "complete"
+    CLIENT_FAILED = "client_failed"  # client's data connection failed or never came
+    BACKEND_FAILED = "backend_failed"  # backend's data connection failed or never came
+    ABORTED = "aborted"  # closed on purpose: ABOR, an error reply, the session ending
+
+
+@implementer(IHandshakeListener)
+class DataConnection(Protocol):
+    """One side's data socket; holds at most one read until it is coupled to the other side."""
+
+    def __init__(self, channel: DataChannel, side: Side) -> None:
+        self.channel = channel
+        self.side = side
+        self.connected_ = False
+        self.ended = False
+        self.end_reason: Failure | None = None
+        self._sink: DataConnection | None = None
+        self._held: list[bytes] = []
+        self._discard = False
+        # A TLS data connection must finish its handshake before it can be shut
+        # down cleanly (Twisted aborts a mid-handshake TLS connection instead).
+        self.awaiting_handshake = side is Side.CLIENT and channel.client_tls
+        self._finish_after_handshake = False
+
+    # -- Twisted callbacks ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.connected_ = True
+        self.channel._side_connected(self)
+
+    def handshakeCompleted(self) -> None:
+        self.awaiting_handshake = False
+        self.channel._handshake_completed(self)
+        if self._finish_after_handshake:
+            self.finish()
+
+    def dataReceived(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            self.channel._count(len(data))
+            sink.transport.write(data)  # type: ignore[union-attr]
+        elif self._discard:
+            return
+        else:
+            self._held.append(data)
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.ended = True
+        self.end_reason = reason
+        self.channel._side_lost(self)
+
+    # -- used by the channel ----------------------------------------------------------------
+
+    @property
+    def clean_end(self) -> bool:
+        return self.end_reason is not None and self.end_reason.check(ConnectionDone) is not None
+
+    def forward_to(self, sink: DataConnection) -> None:
+        """Start relaying our input to *sink*, with *sink* pausing us when it cannot keep up."""
+        self._sink = sink
+        held, self._held = self._held, []
+        for chunk in held:
+            self.channel._count(len(chunk))
+            sink.transport.write(chunk)  # type: ignore[union-attr]
+        if not self.ended:
+            sink.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def discard_input(self) -> None:
+        """The sink side: a peer should send nothing here; drop whatever it sends."""
+        self._discard = True
+        self._held = []
+        if not self.ended:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def finish(self) -> None:
+        """Close after everything written has been flushed (and TLS close_notify sent)."""
+        if not self.connected_ or self.ended:
+            return
+        if self.awaiting_handshake:
+            self._finish_after_handshake = True
+            return
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        if not self.connected_ or self.ended:
+            return
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class DataChannel:
+    """The data connections prepared by one PASV/EPSV and used by at most one transfer."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        metrics: Metrics,
+        on_finished: Callable[[DataChannel], None],
+        *,
+        client_tls: bool,
+        connect_timeout: float,
+    ) -> None:
+        self._reactor = reactor
+        self._metrics = metrics
+        self._on_finished = on_finished
+        self.client_tls = client_tls
+        self.client = DataConnection(self, Side.CLIENT)
+        self.backend = DataConnection(self, Side.BACKEND)
+        self.direction: Direction | None = None
+        self.outcome: Outcome | None = None
+        self.bytes = 0
+        self.reported = False  # both sockets are gone and the session has been told
+        self._started = False
+        self._closing_sink = False
+        self._close_hooks: list[Callable[[], None]] = []
+        self._timer: DelayedCall | None = reactor.callLater(  # type: ignore[assignment]
+            connect_timeout, self._connect_timed_out
+        )
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Run *hook* when the channel ends (releases the passive port, for instance)."""
+        self._close_hooks.append(hook)
+
+    # -- events from the session ------------------------------------------------------------
+
+    def begin(self, direction: Direction) -> None:
+        """The transfer command went to the backend: bytes may now flow in *direction*."""
+        if self.finished or self.direction is not None:
+            return
+        self.direction = direction
+        self._metrics.transfers_active.inc()
+        self._try_start()
+
+    def backend_connect_failed(self, reason: Failure) -> None:
+        log.info("backend data connection failed: {reason}", reason=reason.getErrorMessage())
+        self._end(Outcome.BACKEND_FAILED)
+
+    def abort(self) -> None:
+        """Close both connections now (ABOR, error reply, session end)."""
+        if self.finished:
+            return
+        self._end(Outcome.ABORTED)
+
+    # -- events from the connections --------------------------------------------------------
+
+    def _side_connected(self, connection: DataConnection) -> None:
+        if self.finished:
+            connection.abort()
+            return
+        if self.client.connected_ and self.backend.connected_ and self._timer is not None:
+            self._cancel_timer()
+        self._try_start()
+
+    def _handshake_completed(self, connection: DataConnection) -> None:
+        handle = connection.transport.getHandle()  # type: ignore[union-attr]
+        version = handle.get_protocol_version_name()
+        self._metrics.tls_handshakes.labels(
+            side=connection.side.value, channel="data", version=version
+        ).inc()
+
+    def _side_lost(self, connection: DataConnection) -> None:
+        if self.finished:
+            self._maybe_report()
+            return
+        if connection.awaiting_handshake:
+            self._metrics.tls_handshake_failures.labels(side="client", channel="data").inc()
+        if not self._started:
+            # Keep an early end (an empty listing, a tiny upload) until the direction is known.
+            if self.direction is not None:
+                self._try_start()
+            return
+        source, sink = self._source_and_sink()
+        if connection is source:
+            self._closing_sink = True
+            sink.finish()
+            if sink.ended:
+                self._end(Outcome.COMPLETE)
+        elif source.ended and self._closing_sink:
+            self._end(Outcome.COMPLETE)
+        else:
+            failed = Outcome.CLIENT_FAILED if sink.side is Side.CLIENT else Outcome.BACKEND_FAILED
+            self._end(failed)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _source_and_sink(self) -> tuple[DataConnection, DataConnection]:
+        assert self.direction is not None
+        if self.direction.to_client:
+            return self.backend, self.client
+        return self.client, self.backend
+
+    def _try_start(self) -> None:
+        if self._started or self.direction is None:
+            return
+        if not (self.client.connected_ and self.backend.connected_):
+            return
+        source, sink = self._source_and_sink()
+        if sink.ended:
+            failed = Outcome.CLIENT_FAILED if sink.side is Side.CLIENT else Outcome.BACKEND_FAILED
+            self._end(failed)
+            return
+        self._started = True
+        sink.discard_input()
+        source.forward_to(sink)
+        if source.ended:
+            self._closing_sink = True
+            sink.finish()
+
+    def _count(self, size: int) -> None:
+        self.bytes += size
+        assert self.direction is not None
+        self._metrics.bytes_total.labels(direction=self.direction.value).inc(size)
+
+    def _connect_timed_out(self) -> None:
+        self._timer = None
+        if self.finished:
+            return
+        missing = Outcome.CLIENT_FAILED if not self.client.connected_ else Outcome.BACKEND_FAILED
+        log.info("data connection not established in time ({side})", side=missing.value)
+        self._end(missing)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _end(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self._cancel_timer()
+        if outcome is not Outcome.COMPLETE:
+            self.client.abort()
+            self.backend.abort()
+        hooks, self._close_hooks = self._close_hooks, []
+        for hook in hooks:
+            hook()
+        if self.direction is not None:
+            self._metrics.transfers_active.dec()
+            result = "complete" if outcome is Outcome.COMPLETE else "aborted"
+            if outcome in (Outcome.CLIENT_FAILED, Outcome.BACKEND_FAILED):
+                result = "failed"
+            self._metrics.transfers_total.labels(
+                direction=self.direction.value, result=result
+            ).inc()
+        self._maybe_report()
+
+    def _maybe_report(self) -> None:
+        """Tell the session once both sockets are gone (or never existed)."""
+        if self.reported:
+            return
+        for connection in (self.client, self.backend):
+            if connection.connected_ and not connection.ended:
+                return
+        self.reported = True
+        self._on_finished(self)

@@ -1,0 +1,82 @@
+"""The running proxy as a Twisted service: listeners, the metrics site, shared state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from .config import Config
+from .errors import ConfigError
+from .frontend import frontend_factory
+from .http import metrics_site
+from .metrics import Metrics
+from .ports import PortAllocator
+from .session import ProxyContext
+from .tlsconfig import load_server_tls
+
+log = Logger()
+
+
+class ProxyService(MultiService):
+    """Owns the listeners; ``context`` is what every session shares."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        server_tls = None
+        if config.certificate is not None and config.private_key is not None:
+            server_tls = load_server_tls(
+                config.certificate,
+                config.private_key,
+                minimum_version=config.tls_minimum_version,
+                ciphers=config.tls_ciphers,
+            )
+        metrics = Metrics()
+        ports = config.passive_ports
+        metrics.passive_ports_capacity.set(ports.size)
+        self.context = ProxyContext(
+            reactor=reactor,
+            config=config,
+            metrics=metrics,
+            allocator=PortAllocator(ports.low, ports.high),
+            server_tls=server_tls,
+        )
+        self._listeners: list[StreamServerEndpointService] = []
+        for description in config.listen:
+            self._add_listener(reactor, description, implicit=False)
+        for description in config.listen_implicit:
+            self._add_listener(reactor, description, implicit=True)
+        if config.metrics:
+            site = metrics_site(metrics, self._ready_problem)
+            self._add(reactor, "metrics", config.metrics, site)
+
+    def _endpoint(self, reactor: Any, option: str, description: str) -> Any:
+        try:
+            return serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ConfigError(f"{option}: {description!r} is not an endpoint: {error}") from error
+
+    def _add_listener(self, reactor: Any, description: str, *, implicit: bool) -> None:
+        option = "listen-implicit" if implicit else "listen"
+        factory = frontend_factory(self.context, description, implicit=implicit)
+        self._listeners.append(self._add(reactor, option, description, factory))
+
+    def _add(
+        self, reactor: Any, option: str, description: str, factory: Any
+    ) -> StreamServerEndpointService:
+        endpoint = self._endpoint(reactor, option, description)
+        service = StreamServerEndpointService(endpoint, factory)
+        # A port that cannot be bound stops the process instead of running half-configured.
+        service._raiseSynchronously = True
+        service.setServiceParent(self)
+        return service
+
+    def _ready_problem(self) -> str | None:
+        for listener in self._listeners:
+            if listener._waitingForPort is None or not listener._waitingForPort.called:
+                return "listeners not bound yet"
+        return None

@@ -1,0 +1,665 @@
+"""One client session: the state machine between the client's and the backend's control channels.
+
+The session greets the client itself, answers what needs no backend (``AUTH``,
+``PBSZ``, ``PROT``, ``FEAT``, …) and connects to the backend only when ``USER``
+arrives.  From then on commands are relayed one at a time: a command is sent
+to the backend only when the previous one has its final reply, so replies can
+be matched to commands without guessing.  ``ABOR`` is the one command that
+passes while a transfer runs (RFC 959 §4.1.3).
+
+States (``State``) and their allowed transitions (``TRANSITIONS``) are one
+table; an impossible transition raises instead of corrupting the session.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .backend import BackendControl, BackendGreetingError, connect_backend
+from .config import Config
+from .ftp import features
+from .ftp.addresses import (
+    format_epsv_reply,
+    format_pasv_reply,
+    parse_epsv_reply,
+    parse_pasv_reply,
+)
+from .ftp.errors import FTPSyntaxError
+from .ftp.lines import Command, parse_command
+from .ftp.policy import (
+    PRE_LOGIN,
+    REFUSALS,
+    TRANSFER_DIRECTIONS,
+    Handling,
+    classify,
+    refuses_mode,
+    verb_label,
+)
+from .ftp.replies import Reply, make_reply
+from .metrics import Metrics
+from .passive import PassiveListener
+from .ports import PortAllocator
+from .relay import DataChannel, DataConnection, Outcome
+from .tlsconfig import ServerTLS
+
+log = Logger()
+
+MAX_PIPELINED = 64
+_session_ids = itertools.count(1)
+
+
+class State(enum.Enum):
+    AWAITING_USER = "awaiting-user"  # greeted; no backend yet
+    CONNECTING = "connecting"  # USER received; connecting to the backend
+    LOGGING_IN = "logging-in"  # USER/PASS relayed, not yet accepted
+    READY = "ready"  # logged in: commands relayed
+    CLOSED = "closed"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.AWAITING_USER: frozenset({State.CONNECTING, State.CLOSED}),
+    State.CONNECTING: frozenset({State.LOGGING_IN, State.CLOSED}),
+    State.LOGGING_IN: frozenset({State.READY, State.CLOSED}),
+    State.READY: frozenset({State.CLOSED}),
+    State.CLOSED: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+class ClientLink(TypingProtocol):
+    """What the session needs from the client-facing control connection."""
+
+    peer_host: str
+    local_host: str
+    tls_active: bool
+
+    def send(self, data: bytes) -> None: ...
+
+    def start_tls(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ProxyContext:
+    """What all sessions of a service share."""
+
+    reactor: IReactorTCP
+    config: Config
+    metrics: Metrics
+    allocator: PortAllocator
+    server_tls: ServerTLS | None
+    open_sessions: set[Session] = field(default_factory=set)
+
+
+class Session:
+    def __init__(self, context: ProxyContext, client: ClientLink, *, listener: str, mode: str):
+        self.id = next(_session_ids)
+        self.context = context
+        self.config = context.config
+        self.metrics = context.metrics
+        self.client = client
+        self.listener = listener
+        self.mode = mode
+        self.state = State.AWAITING_USER
+        self.user: str | None = None
+        self.backend: BackendControl | None = None
+        self.protect_data = False
+        self.pbsz_seen = False
+        self.epsv_all = False
+        self._backend_epsv = True
+        self._queue: deque[bytes] = deque()
+        self._busy = False
+        self._draining = False
+        self._channel: DataChannel | None = None  # prepared by PASV/EPSV, not yet used
+        self._transfer: DataChannel | None = None  # the running transfer
+        self._held_reply: Reply | None = None
+        self._started = time.monotonic()
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def _goto(self, state: State) -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"{self.state.value} -> {state.value}")
+        self.state = state
+
+    def start(self) -> None:
+        self.context.open_sessions.add(self)
+        self.metrics.sessions_total.labels(listener=self.listener, mode=self.mode).inc()
+        self.metrics.sessions_active.labels(listener=self.listener, mode=self.mode).inc()
+        log.info(
+            "session {session} start client={client} mode={mode}",
+            session=self.id,
+            client=self.client.peer_host,
+            mode=self.mode,
+        )
+        self._reply(220, "ftpsproxy ready.")
+
+    def client_lost(self) -> None:
+        self._shutdown("client closed the connection")
+
+    def _close(self, code: int, text: str) -> None:
+        """End the session with a final reply to the client (421 and friends)."""
+        if self.state is State.CLOSED:
+            return
+        self._reply(code, text)
+        self._shutdown(text)
+
+    def _shutdown(self, why: str) -> None:
+        if self.state is State.CLOSED:
+            return
+        self._goto(State.CLOSED)
+        self._queue.clear()
+        for channel in (self._channel, self._transfer):
+            if channel is not None:
+                channel.abort()
+        self._channel = self._transfer = None
+        if self.backend is not None:
+            self.backend.close()
+        self.client.close()
+        self.context.open_sessions.discard(self)
+        self.metrics.sessions_active.labels(listener=self.listener, mode=self.mode).dec()
+        duration = time.monotonic() - self._started
+        self.metrics.session_duration.observe(duration)
+        log.info(
+            "session {session} end client={client} user={user} backend={backend} "
+            "bytes_up={up} bytes_down={down} duration={duration:.3f}s reason={why}",
+            session=self.id,
+            client=self.client.peer_host,
+            user=self.user,
+            backend=self.config.backend.url,
+            up=self.bytes_up,
+            down=self.bytes_down,
+            duration=duration,
+            why=why,
+        )
+
+    # -- client input -----------------------------------------------------------------------
+
+    def client_line(self, line: bytes) -> None:
+        if self.state is State.CLOSED:
+            return
+        if self._busy:
+            if self._transfer is not None and _is_abort(line):
+                self._abort_transfer()
+                return
+            if len(self._queue) >= MAX_PIPELINED:
+                self._close(421, "Too many pipelined commands.")
+                return
+            self._queue.append(line)
+            return
+        self._execute(line)
+        self._drain()
+
+    def client_line_too_long(self) -> None:
+        self._close(500, "Command line too long.")
+
+    def _drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._queue and not self._busy and self.state is not State.CLOSED:
+                self._execute(self._queue.popleft())
+        finally:
+            self._draining = False
+
+    def _done(self) -> None:
+        """The command in flight has its final reply: run what the client pipelined."""
+        self._busy = False
+        self._drain()
+
+    def _execute(self, line: bytes) -> None:
+        try:
+            command = parse_command(line)
+        except FTPSyntaxError:
+            self.metrics.commands_total.labels(verb="other").inc()
+            self._reply(500, "Syntax error, command unrecognized.")
+            return
+        self.metrics.commands_total.labels(verb=verb_label(command.verb)).inc()
+        if self.state in (State.AWAITING_USER, State.LOGGING_IN):
+            self._before_login(command)
+        else:
+            self._logged_in(command)
+
+    # -- before login -----------------------------------------------------------------------
+
+    def _before_login(self, command: Command) -> None:
+        verb = command.verb
+        if verb == "USER":
+            self._user(command)
+        elif verb == "PASS":
+            if self.state is State.AWAITING_USER:
+                self._reply(503, "Login with USER first.")
+            elif self._tls_refused():
+                self._reply(530, "TLS required: use AUTH TLS before logging in.")
+            else:
+                self._relay(command, on_final=self._login_result)
+        elif verb == "ACCT" and self.state is State.LOGGING_IN:
+            self._relay(command, on_final=self._login_result)
+        elif verb in ("AUTH", "PBSZ", "PROT", "FEAT", "OPTS", "NOOP", "SYST", "QUIT"):
+            self._local(command)
+        elif verb in REFUSALS:
+            self._reply(*REFUSALS[verb])
+        elif verb in PRE_LOGIN:
+            self._reply(502, f"{verb} not available before login.")
+        else:
+            self._reply(530, "Please login with USER and PASS.")
+
+    def _tls_refused(self) -> bool:
+        return self.config.require_tls and not self.client.tls_active
+
+    def _user(self, command: Command) -> None:
+        if self._tls_refused():
+            self._reply(530, "TLS required: use AUTH TLS before logging in.")
+            return
+        if not command.has_argument:
+            self._reply(501, "USER needs a user name.")
+            return
+        self.user = _printable(command.text())
+        if self.state is State.LOGGING_IN:
+            self._relay(command, on_final=self._login_result)
+            return
+        self._goto(State.CONNECTING)
+        self._busy = True
+        started = connect_backend(
+            self.context.reactor, self.config.backend, self.config.backend_connect_timeout
+        )
+        started.addCallbacks(
+            lambda backend: self._backend_ready(backend, command), self._backend_failed
+        )
+
+    def _backend_ready(self, backend: BackendControl, user: Command) -> None:
+        self.metrics.backend_connects_total.labels(result="success").inc()
+        if self.state is State.CLOSED:
+            backend.close()
+            return
+        self.backend = backend
+        backend.on_lost = self._backend_lost
+        backend.on_unsolicited = self._backend_unsolicited
+        self._goto(State.LOGGING_IN)
+        self._busy = False
+        self._relay(user, on_final=self._login_result)
+
+    def _backend_failed(self, reason: Failure) -> None:
+        self.metrics.backend_connects_total.labels(result="failure").inc()
+        if reason.check(BackendGreetingError):
+            why = f"backend refused the session: {reason.value}"
+        else:
+            why = f"backend unreachable: {reason.getErrorMessage()}"
+        log.warn("session {session} {why}", session=self.id, why=why)
+        self._close(421, "Service not available: the backend server cannot be reached.")
+
+    def _login_result(self, reply: Reply) -> None:
+        if reply.code in (230, 202):
+            self.metrics.logins_total.labels(result="success").inc()
+            if self.state is State.LOGGING_IN:
+                self._goto(State.READY)
+        elif reply.code == 530:
+            self.metrics.logins_total.labels(result="failure").inc()
+
+    # -- logged in --------------------------------------------------------------------------
+
+    def _logged_in(self, command: Command) -> None:
+        handling = classify(command.verb)
+        if handling is Handling.LOCAL:
+            self._local(command)
+        elif handling is Handling.PASSIVE:
+            self._passive(command)
+        elif handling is Handling.ACTIVE:
+            self._reply(502, "Active mode is not supported by this proxy; use PASV or EPSV.")
+        elif handling is Handling.TRANSFER:
+            self._start_transfer(command)
+        elif handling is Handling.REFUSED:
+            self._reply(*REFUSALS[command.verb])
+        elif command.verb == "MODE" and refuses_mode(command.argument):
+            self._reply(504, "Only MODE S is supported.")
+        else:
+            if handling is Handling.ABORT:
+                self._drop_channel()
+            self._relay(command)
+
+    # -- commands the proxy answers itself ----------------------------------------------------
+
+    def _local(self, command: Command) -> None:
+        verb = command.verb
+        argument = command.argument.strip().upper()
+        backend_ready = self.state is State.READY and self.backend is not None
+        if verb == "AUTH":
+            self._auth(argument)
+        elif verb == "PBSZ":
+            if not self.client.tls_active:
+                self._reply(503, "PBSZ requires an active TLS session (AUTH TLS).")
+            elif not argument.isdigit():
+                self._reply(501, "PBSZ needs a number.")
+            else:
+                self.pbsz_seen = True
+                self._reply(200, "PBSZ=0")
+        elif verb == "PROT":
+            self._prot(argument)
+        elif verb == "FEAT":
+            own = features.proxy_features(tls=self.context.server_tls is not None)
+            if backend_ready:
+                self._request(b"FEAT\r\n", self._feat_reply)
+            else:
+                self._send(features.merge_features(own, []))
+        elif verb == "OPTS" and argument.startswith(b"UTF8"):
+            self._reply(200, "UTF8 mode is always on.")
+        elif verb == "OPTS" and backend_ready:
+            self._relay(command)
+        elif verb == "OPTS":
+            self._reply(501, "Option not understood before login.")
+        elif verb == "SYST" and not backend_ready:
+            self._reply(215, "UNIX Type: L8")
+        elif verb == "NOOP" and not backend_ready:
+            self._reply(200, "NOOP ok.")
+        elif verb == "QUIT":
+            if self.backend is not None:
+                self._relay(command, on_final=lambda reply: self._shutdown("client quit"))
+            else:
+                self._close(221, "Goodbye.")
+        elif verb in ("USER", "PASS"):
+            self._reply(503, "Already logged in.")
+        else:
+            self._relay(command)
+
+    def _auth(self, mechanism: bytes) -> None:
+        if self.context.server_tls is None:
+            self._reply(502, "TLS is not configured on this server.")
+        elif self.client.tls_active:
+            self._reply(503, "TLS is already active.")
+        elif self.state is not State.AWAITING_USER:
+            self._reply(503, "AUTH must come before USER.")
+        elif mechanism not in (b"TLS", b"TLS-C", b"SSL", b"TLS-P"):
+            self._reply(504, "Only AUTH TLS and AUTH SSL are supported.")
+        else:
+            self._reply(234, f"AUTH {mechanism.decode()} successful.")
+            self._queue.clear()  # nothing pipelined behind AUTH may run (CVE-2011-0411)
+            self.client.start_tls()
+
+    def _prot(self, level: bytes) -> None:
+        if not self.client.tls_active:
+            self._reply(503, "PROT requires an active TLS session (AUTH TLS).")
+        elif level == b"P":
+            self.protect_data = True
+            self._reply(200, "Protection level set to Private.")
+        elif level == b"C":
+            if self.config.require_tls:
+                self._reply(534, "Clear data connections are refused by policy; use PROT P.")
+            else:
+                self.protect_data = False
+                self._reply(200, "Protection level set to Clear.")
+        elif level in (b"S", b"E"):
+            self._reply(536, "Only PROT P and PROT C are supported.")
+        else:
+            self._reply(504, "Unknown protection level.")
+
+    def _feat_reply(self, reply: Reply) -> None:
+        own = features.proxy_features(tls=self.context.server_tls is not None)
+        self._send(features.merge_features(own, features.backend_features(reply)))
+
+    # -- passive mode -----------------------------------------------------------------------
+
+    def _passive(self, command: Command) -> None:
+        extended = command.verb == "EPSV"
+        argument = command.argument.strip().upper()
+        if extended and argument == b"ALL":
+            self.epsv_all = True
+            self._reply(200, "EPSV ALL accepted.")
+            return
+        if not extended and self.epsv_all:
+            self._reply(503, "PASV is not allowed after EPSV ALL.")
+            return
+        client_v6 = ipaddress.ip_address(self.client.local_host).version == 6
+        if extended and argument not in (b"", b"1", b"2"):
+            self._reply(522, "Network protocol not supported, use (1,2).")
+            return
+        if extended and argument and (argument == b"2") != client_v6:
+            self._reply(522, "Network protocol not supported on this connection.")
+            return
+        if not extended and client_v6 and self.config.public_address is None:
+            self._reply(425, "PASV is not available on an IPv6 connection; use EPSV.")
+            return
+        self._drop_channel()
+        channel = DataChannel(
+            self.context.reactor,  # type: ignore[arg-type]
+            self.metrics,
+            self._channel_finished,
+            client_tls=self.protect_data,
+            connect_timeout=self.config.passive_timeout,
+        )
+        listener = PassiveListener(
+            self.context.reactor,
+            self.context.allocator,
+            self.metrics,
+            self.client.peer_host,
+            lambda: channel.client,
+            self.context.server_tls if self.protect_data else None,
+        )
+        if not listener.start(self.client.local_host):
+            channel.abort()
+            self._reply(425, "No passive port available; try again later.")
+            return
+        channel.on_close(listener.close)
+        self._channel = channel
+        self._busy = True
+        port = listener.port
+        assert port is not None
+
+        def answer() -> None:
+            if extended:
+                self._send(Reply(229, (b"229 " + format_epsv_reply(port),)))
+            else:
+                host = self.config.public_address or self.client.local_host
+                self._send(Reply(227, (b"227 " + format_pasv_reply(host, port),)))
+
+        self._backend_passive(channel, answer)
+
+    def _backend_passive(self, channel: DataChannel, answer: object) -> None:
+        """Ask the backend for a data port (EPSV, falling back to PASV) and connect to it."""
+        use_epsv = self._backend_epsv
+
+        def on_reply(reply: Reply) -> None:
+            nonlocal use_epsv
+            if self.state is State.CLOSED or channel.finished:
+                self._done()
+                return
+            try:
+                if use_epsv and reply.code == 229:
+                    port = parse_epsv_reply(reply.lines[0])
+                elif not use_epsv and reply.code == 227:
+                    port = parse_pasv_reply(reply.lines[0]).port
+                elif use_epsv and reply.code in (500, 501, 502, 504, 522):
+                    self._backend_epsv = use_epsv = False
+                    self._request(b"PASV\r\n", on_reply, raw=True)
+                    return
+                else:
+                    raise FTPSyntaxError(f"backend answered {reply.code}")
+            except FTPSyntaxError as error:
+                log.warn(
+                    "session {session} backend passive mode failed: {error}",
+                    session=self.id,
+                    error=error,
+                )
+                channel.abort()
+                if self._channel is channel:
+                    self._channel = None
+                self._reply(425, "Can't open data connection: backend refused passive mode.")
+                self._done()
+                return
+            self._connect_backend_data(channel, port)
+            answer()  # type: ignore[operator]
+            self._done()
+
+        self._request(b"EPSV\r\n" if use_epsv else b"PASV\r\n", on_reply, raw=True)
+
+    def _connect_backend_data(self, channel: DataChannel, port: int) -> None:
+        assert self.backend is not None
+        # Connect to the backend control peer, never to an address in a 227 reply.
+        endpoint = HostnameEndpoint(
+            self.context.reactor,
+            self.backend.peer_host,
+            port,
+            timeout=self.config.backend_connect_timeout,
+        )
+        connecting = endpoint.connect(_OneProtocol(channel.backend))
+        connecting.addErrback(channel.backend_connect_failed)
+
+    def _drop_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            channel.abort()
+
+    def _channel_finished(self, channel: DataChannel) -> None:
+        if self._channel is channel:
+            self._channel = None
+        if self._transfer is channel:
+            if channel.direction is not None and channel.direction.to_client:
+                self.bytes_down += channel.bytes
+            else:
+                self.bytes_up += channel.bytes
+            if self._held_reply is not None:
+                self._finish_transfer()
+
+    # -- transfers --------------------------------------------------------------------------
+
+    def _start_transfer(self, command: Command) -> None:
+        if self.config.require_tls and not self.protect_data:
+            self._reply(521, "Data connections must be protected: use PROT P.")
+            return
+        channel = self._channel
+        if channel is None or channel.finished:
+            self._reply(425, "Use PASV or EPSV first.")
+            return
+        self._channel = None
+        self._transfer = channel
+        self._held_reply = None
+        channel.begin(TRANSFER_DIRECTIONS[command.verb])
+
+        def on_reply(reply: Reply) -> None:
+            if self._transfer is not channel:
+                self._send(reply)  # the transfer was aborted; pass late replies on as they are
+                return
+            if reply.is_preliminary:
+                self._send(reply)
+                return
+            self._held_reply = reply
+            if reply.is_error:
+                channel.abort()
+            if reply.is_error or channel.reported:
+                self._finish_transfer()
+
+        self._request(command.encode(), on_reply, raw=True)
+
+    def _finish_transfer(self) -> None:
+        """Pass the backend's final reply on, now that the client's data connection is closed."""
+        channel, reply = self._transfer, self._held_reply
+        assert channel is not None and reply is not None
+        self._transfer = None
+        self._held_reply = None
+        if reply.is_success and channel.outcome is not Outcome.COMPLETE:
+            if channel.outcome is Outcome.CLIENT_FAILED and not channel.client.connected_:
+                reply = make_reply(425, "Can't open data connection.")
+            else:
+                reply = make_reply(426, "Connection closed; transfer aborted.")
+        self._send(reply)
+        self._done()
+
+    def _abort_transfer(self) -> None:
+        """ABOR while a transfer runs: close its data connections and let the backend answer."""
+        assert self._transfer is not None
+        self.metrics.commands_total.labels(verb="ABOR").inc()
+        self._transfer.abort()
+        if self.backend is not None:
+            self.backend.request(b"ABOR\r\n", self._send)
+
+    # -- the backend ------------------------------------------------------------------------
+
+    def _relay(self, command: Command, on_final: object = None) -> None:
+        """Send *command* to the backend and pass every reply back; then run *on_final*."""
+
+        def handler(reply: Reply) -> None:
+            self._send(reply)
+            if not reply.is_preliminary:
+                if on_final is not None:
+                    on_final(reply)  # type: ignore[operator]
+                self._done()
+
+        self._request(command.encode(), handler, raw=True)
+
+    def _request(self, line: bytes, handler: object, raw: bool = False) -> None:
+        """Send a line to the backend; *handler* gets the replies; ``raw`` handlers call _done."""
+        if self.backend is None:
+            self._reply(503, "Login with USER first.")
+            return
+        self._busy = True
+        if raw:
+            self.backend.request(line, handler)  # type: ignore[arg-type]
+            return
+
+        def finishing(reply: Reply) -> None:
+            handler(reply)  # type: ignore[operator]
+            if not reply.is_preliminary:
+                self._done()
+
+        self.backend.request(line, finishing)
+
+    def _backend_lost(self, why: str) -> None:
+        log.warn("session {session} backend connection lost: {why}", session=self.id, why=why)
+        self._close(421, "Service not available: the backend closed the connection.")
+
+    def _backend_unsolicited(self, reply: Reply) -> None:
+        self._send(reply)
+        if reply.code == 421:
+            self._shutdown("backend sent 421")
+
+    # -- output -----------------------------------------------------------------------------
+
+    def _send(self, reply: Reply) -> None:
+        if self.state is not State.CLOSED:
+            self.client.send(reply.encode())
+
+    def _reply(self, code: int, text: str) -> None:
+        self._send(make_reply(code, text))
+
+
+class _OneProtocol(Factory):
+    """Connects an already-built protocol (the channel's backend side)."""
+
+    noisy = False
+
+    def __init__(self, protocol: DataConnection) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> Protocol:
+        return self._protocol
+
+
+def _is_abort(line: bytes) -> bool:
+    try:
+        return parse_command(line).verb == "ABOR"
+    except FTPSyntaxError:
+        return False
+
+
+def _printable(text: str) -> str:
+    """A user name fit for a log line: no control characters, bounded length."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned[:128]

@@ -1,0 +1,79 @@
+"""``twistd ftpsproxy``: command-line options and service creation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from . import __version__
+from .config import build_config, load_toml
+from .errors import ConfigError
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "FTP/FTPS reverse proxy and TLS terminator. Accepts plain FTP, explicit FTPS "
+        "(AUTH TLS) and implicit FTPS, relays sessions to one backend FTP server, and "
+        "rewrites passive-mode data connections onto a fixed port range. Every option "
+        "can also be set in a TOML file (--config), whose keys are the long option "
+        "names; command-line options win."
+    )
+    optFlags = [
+        ["require-tls", None, "Refuse USER/PASS before AUTH TLS and transfers without PROT P."],
+    ]
+    optParameters = [
+        ["config", "c", None, "TOML configuration file."],
+        ["backend", "b", None, "Backend server URL: ftp://HOST:PORT."],
+        ["certificate", None, None, "PEM certificate chain for client-facing TLS."],
+        ["private-key", None, None, "PEM private key for --certificate."],
+        ["tls-minimum-version", None, None, "Lowest TLS version accepted: 1.2 (default) or 1.3."],
+        ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2."],
+        ["passive-ports", None, None, "Passive data port range MIN-MAX (default 40000-40099)."],
+        ["public-address", None, None, "IPv4 address announced in PASV replies."],
+        ["passive-timeout", None, None, "Seconds to wait for data connections (default 30)."],
+        ["backend-connect-timeout", None, None, "Seconds to connect to the backend (default 10)."],
+        ["metrics", None, None, "Endpoint for /metrics, /healthz, /readyz, e.g. tcp:9102."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["listen-implicit"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Endpoint for plain FTP and explicit FTPS (repeatable), e.g. tcp:2121."""
+        self["listen"].append(endpoint)
+
+    def opt_listen_implicit(self, endpoint: str) -> None:
+        """Endpoint for implicit FTPS (repeatable), e.g. tcp:990."""
+        self["listen-implicit"].append(endpoint)
+
+    def opt_version(self) -> None:
+        """Print the ftpsproxy version and exit."""
+        print(f"ftpsproxy {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        cli: dict[str, Any] = {key: self[key] for key in self if key != "config"}
+        cli["require-tls"] = True if self["require-tls"] else None
+        try:
+            file_values = load_toml(Path(self["config"])) if self["config"] else {}
+            self.config = build_config(file_values, cli)
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from error
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from .service import ProxyService
+
+    try:
+        return ProxyService(options.config, reactor)
+    except ConfigError as error:
+        raise SystemExit(f"ftpsproxy: {error}") from error
