@@ -13,7 +13,7 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.interfaces import IAddress, IReactorTCP
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -98,27 +98,57 @@ class BackendControl(Protocol):
             self.on_lost(reason.getErrorMessage())
 
 
-def connect_backend(
-    reactor: IReactorTCP, address: BackendAddress, timeout: float
-) -> Deferred[BackendControl]:
-    """Connect to *address* and wait for its greeting; fails with the reason otherwise."""
-    endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
-    connected: Deferred[BackendControl] = endpoint.connect(Factory.forProtocol(BackendControl))  # type: ignore[assignment]
+class BackendConnector:
+    """Opens connections to the configured backend: control connections and data connections.
 
-    def greeted(control: BackendControl) -> Deferred[BackendControl]:
-        timer = reactor.callLater(timeout, control.greeting.cancel)  # type: ignore[attr-defined]
+    Sessions get this from the shared context, so tests can substitute in-memory
+    connections and later work (TLS to the backend) changes one place.
+    """
+
+    def __init__(self, reactor: IReactorTCP, address: BackendAddress, timeout: float) -> None:
+        self._reactor = reactor
+        self.address = address
+        self.timeout = timeout
+
+    def control(self) -> Deferred[BackendControl]:
+        """Connect and wait for the greeting; fails with the reason otherwise."""
+        endpoint = HostnameEndpoint(
+            self._reactor, self.address.host, self.address.port, timeout=self.timeout
+        )
+        factory = Factory.forProtocol(BackendControl)
+        factory.noisy = False
+        connected: Deferred[BackendControl] = endpoint.connect(factory)  # type: ignore[assignment]
+        return connected.addCallback(self._greeted)
+
+    def _greeted(self, control: BackendControl) -> Deferred[BackendControl]:
+        timer = self._reactor.callLater(self.timeout, control.greeting.cancel)  # type: ignore[attr-defined]
 
         def done(result: object) -> object:
             if timer.active():
                 timer.cancel()
             return result
 
-        control.greeting.addBoth(done)
-
         def failed(reason: Failure) -> Failure:
             control.close()
             return reason
 
-        return control.greeting.addCallbacks(lambda _: control, failed)  # type: ignore[return-value]
+        control.greeting.addBoth(done)
+        return control.greeting.addCallbacks(lambda _: control, failed)
 
-    return connected.addCallback(greeted)
+    def data(self, host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
+        """Connect *protocol* to a backend data port."""
+        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.timeout)
+        connected: Deferred[Protocol] = endpoint.connect(_Prebuilt(protocol))  # type: ignore[assignment]
+        return connected
+
+
+class _Prebuilt(Factory):
+    """Connects an already-built protocol."""
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        return self._protocol

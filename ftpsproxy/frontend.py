@@ -8,7 +8,7 @@ is wrapped in TLS, so TLS starts with the first byte).
 from __future__ import annotations
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IHandshakeListener
+from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -83,7 +83,7 @@ class FrontendProtocol(Protocol):
             self.transport.write(data)
 
     def start_tls(self) -> None:
-        """Upgrade after ``234``: whatever the client sent behind ``AUTH`` is dropped (CVE-2011-0411)."""
+        """Upgrade after ``234``; bytes sent behind ``AUTH`` are dropped (CVE-2011-0411)."""
         assert self._context.server_tls is not None
         self._stop_reading_lines = True
         dropped = self._lines.clear()
@@ -109,11 +109,11 @@ class FrontendFactory(Factory):
         self._listener = listener
         self._mode = mode
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         return FrontendProtocol(self._context, self._listener, self._mode)
 
 
-def frontend_factory(context: ProxyContext, listener: str, *, implicit: bool) -> Factory:
+def frontend_factory(context: ProxyContext, listener: str, *, implicit: bool) -> IProtocolFactory:
     """The factory for one listener; implicit listeners get TLS from the first byte."""
     if implicit:
         assert context.server_tls is not None

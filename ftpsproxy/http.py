@@ -25,7 +25,7 @@ class MetricsResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self._metrics.registry)  # type: ignore[no-any-return]
+        return generate_latest(self._metrics.registry)
 
 
 class HealthResource(Resource):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -32,7 +32,7 @@ def _same_host(a: str, b: str) -> bool:
     return a.removeprefix("::ffff:") == b.removeprefix("::ffff:")
 
 
-class _AcceptOnce(Factory):
+class _AcceptOnce(ServerFactory):
     """Builds the protocol for the first connection from the expected client, refuses others."""
 
     noisy = False
@@ -40,8 +40,8 @@ class _AcceptOnce(Factory):
     def __init__(self, listener: PassiveListener) -> None:
         self._listener = listener
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
-        return self._listener._accept(addr)
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        return None if addr is None else self._listener._accept(addr)
 
 
 class PassiveListener:
@@ -127,5 +127,5 @@ class _Single(Factory):
     def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
 
-    def buildProtocol(self, addr: IAddress) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         return self._protocol

@@ -9,6 +9,7 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from .backend import BackendConnector
 from .config import Config
 from .errors import ConfigError
 from .frontend import frontend_factory
@@ -44,6 +45,7 @@ class ProxyService(MultiService):
             metrics=metrics,
             allocator=PortAllocator(ports.low, ports.high),
             server_tls=server_tls,
+            backend=BackendConnector(reactor, config.backend, config.backend_connect_timeout),
         )
         self._listeners: list[StreamServerEndpointService] = []
         for description in config.listen:

@@ -21,13 +21,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTCP
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendControl, BackendGreetingError, connect_backend
+from .backend import BackendConnector, BackendControl, BackendGreetingError
 from .config import Config
 from .ftp import features
 from .ftp.addresses import (
@@ -51,7 +49,7 @@ from .ftp.replies import Reply, make_reply
 from .metrics import Metrics
 from .passive import PassiveListener
 from .ports import PortAllocator
-from .relay import DataChannel, DataConnection, Outcome
+from .relay import DataChannel, Outcome
 from .tlsconfig import ServerTLS
 
 log = Logger()
@@ -104,6 +102,7 @@ class ProxyContext:
     metrics: Metrics
     allocator: PortAllocator
     server_tls: ServerTLS | None
+    backend: BackendConnector
     open_sessions: set[Session] = field(default_factory=set)
 
 
@@ -279,9 +278,7 @@ class Session:
             return
         self._goto(State.CONNECTING)
         self._busy = True
-        started = connect_backend(
-            self.context.reactor, self.config.backend, self.config.backend_connect_timeout
-        )
+        started = self.context.backend.control()
         started.addCallbacks(
             lambda backend: self._backend_ready(backend, command), self._backend_failed
         )
@@ -513,13 +510,7 @@ class Session:
     def _connect_backend_data(self, channel: DataChannel, port: int) -> None:
         assert self.backend is not None
         # Connect to the backend control peer, never to an address in a 227 reply.
-        endpoint = HostnameEndpoint(
-            self.context.reactor,
-            self.backend.peer_host,
-            port,
-            timeout=self.config.backend_connect_timeout,
-        )
-        connecting = endpoint.connect(_OneProtocol(channel.backend))
+        connecting = self.context.backend.data(self.backend.peer_host, port, channel.backend)
         connecting.addErrback(channel.backend_connect_failed)
 
     def _drop_channel(self) -> None:
@@ -638,18 +629,6 @@ class Session:
 
     def _reply(self, code: int, text: str) -> None:
         self._send(make_reply(code, text))
-
-
-class _OneProtocol(Factory):
-    """Connects an already-built protocol (the channel's backend side)."""
-
-    noisy = False
-
-    def __init__(self, protocol: DataConnection) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: object) -> Protocol:
-        return self._protocol
 
 
 def _is_abort(line: bytes) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
@@ -23,10 +23,10 @@ class Options(usage.Options):
         "can also be set in a TOML file (--config), whose keys are the long option "
         "names; command-line options win."
     )
-    optFlags = [
+    optFlags: ClassVar[list[list[str | None]]] = [
         ["require-tls", None, "Refuse USER/PASS before AUTH TLS and transfers without PROT P."],
     ]
-    optParameters = [
+    optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", None, "TOML configuration file."],
         ["backend", "b", None, "Backend server URL: ftp://HOST:PORT."],
         ["certificate", None, None, "PEM certificate chain for client-facing TLS."],
