@@ -1,0 +1,70 @@
+"""Configuration: file and command line merged, every error naming its key."""
+
+from pathlib import Path
+
+import pytest
+
+from ftpsproxy.config import BackendAddress, PortRange, build_config, load_toml, parse_backend_url
+from ftpsproxy.errors import ConfigError
+
+BASE = {"backend": "ftp://127.0.0.1:2100", "listen": ["tcp:2121"]}
+
+
+def test_command_line_wins_over_file() -> None:
+    config = build_config(
+        {**BASE, "passive-ports": "41000-41009", "public-address": "192.0.2.1"},
+        {"passive-ports": "42000-42009"},
+    )
+    assert config.passive_ports == PortRange(42000, 42009)
+    assert config.public_address == "192.0.2.1"
+
+
+def test_backend_urls() -> None:
+    assert parse_backend_url("ftp://127.0.0.1:2100") == BackendAddress("ftp", "127.0.0.1", 2100)
+    assert parse_backend_url("ftps://[::1]").port == 990
+    assert parse_backend_url("ftp://[::1]:21").url == "ftp://[::1]:21"
+    for bad in ("http://x", "ftp://", "ftp://h:99999", "ftp://u:p@h/", "ftp://h/path"):
+        with pytest.raises(ConfigError, match="backend"):
+            parse_backend_url(bad)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"listen": ["tcp:2121"]}, "backend"),
+        ({"backend": "ftp://h:21"}, "listen"),
+        ({**BASE, "passive-ports": "9-8"}, "passive-ports"),
+        ({**BASE, "passive-ports": "80-90"}, "passive-ports"),
+        ({**BASE, "passive-ports": "many"}, "passive-ports"),
+        ({**BASE, "public-address": "not-an-ip"}, "public-address"),
+        ({**BASE, "certificate": "c.pem"}, "certificate"),
+        ({**BASE, "require-tls": True}, "require-tls"),
+        ({**BASE, "require-tls": "yes"}, "require-tls"),
+        ({**BASE, "passive-timeout": -1}, "passive-timeout"),
+        ({**BASE, "listen": "tcp:2121"}, "listen"),
+    ],
+)
+def test_errors_name_the_key(values: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        build_config(values, {})
+
+
+def test_toml_file_with_unknown_key(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text('backend = "ftp://127.0.0.1:21"\nlisten = ["tcp:2121"]\nlisen = 1\n')
+    with pytest.raises(ConfigError, match="lisen"):
+        load_toml(path)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text("backend = \n")
+    with pytest.raises(ConfigError, match=r"proxy\.toml"):
+        load_toml(path)
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent / "deploy" / "ftpsproxy.toml"
+    values = load_toml(example)
+    config = build_config(values, {})
+    assert config.listen and config.backend.scheme == "ftp"

@@ -1,0 +1,429 @@
+"""The session state machine, driven through in-memory transports (no sockets, no clock waits).
+
+Each test reads as a playbook: what the client sends, what the backend
+receives and answers, what the client sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from ftpsproxy.backend import BackendControl
+from ftpsproxy.config import Config, PortRange, parse_backend_url
+from ftpsproxy.frontend import FrontendProtocol
+from ftpsproxy.metrics import Metrics
+from ftpsproxy.ports import PortAllocator
+from ftpsproxy.session import ProxyContext, State
+
+CLIENT = IPv4Address("TCP", "127.0.0.5", 50000)
+PROXY = IPv4Address("TCP", "127.0.0.1", 2121)
+BACKEND = IPv4Address("TCP", "127.0.0.1", 2100)
+
+
+class TLSCapableTransport(StringTransport):
+    """Records ``startTLS`` instead of performing it."""
+
+    tls_started = False
+
+    def startTLS(self, context: Any) -> None:
+        self.tls_started = True
+
+
+class InMemoryBackend:
+    """Stands in for ``BackendConnector``: each connection is a StringTransport we control."""
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[BackendControl]] = []
+        self.data_connections: list[tuple[str, int, Protocol, Deferred[Protocol]]] = []
+
+    def control(self) -> Deferred[BackendControl]:
+        waiting: Deferred[BackendControl] = Deferred()
+        self.pending.append(waiting)
+        return waiting
+
+    def data(self, host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
+        connected: Deferred[Protocol] = Deferred()
+        self.data_connections.append((host, port, protocol, connected))
+        return connected
+
+    def accept(self) -> tuple[BackendControl, StringTransport]:
+        control = BackendControl()
+        transport = StringTransport(peerAddress=BACKEND)
+        control.makeConnection(transport)
+        control.dataReceived(b"220 backend ready\r\n")
+        self.pending.pop(0).callback(control)
+        return control, transport
+
+
+class Harness:
+    def __init__(self, *, tls: bool = False, require_tls: bool = False, ports: int = 2) -> None:
+        self.reactor = MemoryReactorClock()
+        self.backend = InMemoryBackend()
+        config = Config(
+            backend=parse_backend_url("ftp://127.0.0.1:2100"),
+            listen=("tcp:2121",),
+            passive_ports=PortRange(41000, 41000 + ports - 1),
+            public_address="192.0.2.1",
+        )
+        config = replace(config, require_tls=require_tls)
+        self.metrics = Metrics()
+        self.context = ProxyContext(
+            reactor=self.reactor,
+            config=config,
+            metrics=self.metrics,
+            allocator=PortAllocator(41000, 41000 + ports - 1),
+            server_tls=object() if tls else None,  # type: ignore[arg-type]
+            backend=self.backend,  # type: ignore[arg-type]
+        )
+        self.client = FrontendProtocol(self.context, "test", "explicit" if tls else "plain")
+        self.client_transport = TLSCapableTransport(hostAddress=PROXY, peerAddress=CLIENT)
+        self.client.makeConnection(self.client_transport)
+        self.control: BackendControl | None = None
+        self.backend_transport: StringTransport | None = None
+
+    def send(self, data: bytes) -> None:
+        self.client.dataReceived(data)
+
+    def replies(self) -> bytes:
+        value = self.client_transport.value()
+        self.client_transport.clear()
+        return value
+
+    def sent_to_backend(self) -> bytes:
+        assert self.backend_transport is not None
+        value = self.backend_transport.value()
+        self.backend_transport.clear()
+        return value
+
+    def backend_says(self, data: bytes) -> None:
+        assert self.control is not None
+        self.control.dataReceived(data)
+
+    def login(self) -> None:
+        self.replies()
+        self.send(b"USER demo\r\n")
+        self.control, self.backend_transport = self.backend.accept()
+        assert self.sent_to_backend() == b"USER demo\r\n"
+        self.backend_says(b"331 Password required\r\n")
+        self.send(b"PASS secret\r\n")
+        assert self.sent_to_backend() == b"PASS secret\r\n"
+        self.backend_says(b"230 Logged in\r\n")
+        assert self.replies() == b"331 Password required\r\n230 Logged in\r\n"
+
+    @property
+    def state(self) -> State:
+        assert self.client.session is not None
+        return self.client.session.state
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    yield Harness()
+
+
+def test_proxy_greets_client_itself(harness: Harness) -> None:
+    assert harness.replies() == b"220 ftpsproxy ready.\r\n"
+    assert harness.backend.pending == []
+
+
+def test_pre_login_commands_are_answered_without_backend(harness: Harness) -> None:
+    harness.replies()
+    harness.send(b"SYST\r\nNOOP\r\nOPTS UTF8 ON\r\nPWD\r\nPASS x\r\nAUTH TLS\r\n")
+    assert harness.replies() == (
+        b"215 UNIX Type: L8\r\n200 NOOP ok.\r\n200 UTF8 mode is always on.\r\n"
+        b"530 Please login with USER and PASS.\r\n503 Login with USER first.\r\n"
+        b"502 TLS is not configured on this server.\r\n"
+    )
+    assert harness.backend.pending == []
+
+
+def test_feat_before_login_shows_proxy_features() -> None:
+    harness = Harness(tls=True)
+    harness.replies()
+    harness.send(b"FEAT\r\n")
+    assert harness.replies() == (
+        b"211-Features:\r\n AUTH TLS\r\n AUTH SSL\r\n PBSZ\r\n PROT\r\n EPSV\r\n UTF8\r\n"
+        b"211 End\r\n"
+    )
+
+
+def test_garbage_gets_500_and_session_goes_on(harness: Harness) -> None:
+    harness.replies()
+    harness.send(b"\x00\x01\x02\r\nNOOP\r\n")
+    assert harness.replies() == b"500 Syntax error, command unrecognized.\r\n200 NOOP ok.\r\n"
+
+
+def test_over_long_line_closes_session(harness: Harness) -> None:
+    harness.replies()
+    harness.send(b"A" * 5000)
+    assert harness.replies() == b"500 Command line too long.\r\n"
+    assert harness.client_transport.disconnecting
+
+
+def test_commands_pipelined_behind_auth_tls_are_discarded() -> None:
+    """CVE-2011-0411: bytes sent in clear behind AUTH TLS must not run after the upgrade."""
+    harness = Harness(tls=True)
+    harness.replies()
+    harness.send(b"AUTH TLS\r\nUSER injected\r\nPASS injected\r\n")
+    assert harness.replies() == b"234 AUTH TLS successful.\r\n"
+    assert harness.client_transport.tls_started
+    assert harness.backend.pending == []
+    assert harness.state is State.AWAITING_USER
+
+
+def test_require_tls_refuses_login_in_clear() -> None:
+    harness = Harness(tls=True, require_tls=True)
+    harness.replies()
+    harness.send(b"USER demo\r\nPASS pw\r\n")
+    assert harness.replies() == (
+        b"530 TLS required: use AUTH TLS before logging in.\r\n503 Login with USER first.\r\n"
+    )
+    assert harness.backend.pending == []
+
+
+def test_unreachable_backend_gives_421_and_closes(harness: Harness) -> None:
+    harness.replies()
+    harness.send(b"USER demo\r\n")
+    harness.backend.pending.pop().errback(Failure(ConnectionRefusedError()))
+    assert harness.replies() == (
+        b"421 Service not available: the backend server cannot be reached.\r\n"
+    )
+    assert harness.client_transport.disconnecting
+    assert harness.state is State.CLOSED
+
+
+def test_login_is_relayed_and_session_becomes_ready(harness: Harness) -> None:
+    harness.login()
+    assert harness.state is State.READY
+    assert harness.metrics.logins_total.labels(result="success")._value.get() == 1
+
+
+def test_multi_line_reply_is_relayed_intact(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"HELP\r\n")
+    assert harness.sent_to_backend() == b"HELP\r\n"
+    reply = b"214-The following commands are recognized:\r\n USER PASS\r\n214 Help OK.\r\n"
+    harness.backend_says(reply[:30])
+    harness.backend_says(reply[30:])
+    assert harness.replies() == reply
+
+
+def test_pipelined_commands_go_to_backend_one_at_a_time(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"PWD\r\nCWD /x\r\nSYST\r\n")
+    assert harness.sent_to_backend() == b"PWD\r\n"
+    harness.backend_says(b'257 "/"\r\n')
+    assert harness.sent_to_backend() == b"CWD /x\r\n"
+    harness.backend_says(b"250 ok\r\n")
+    assert harness.sent_to_backend() == b"SYST\r\n"
+    harness.backend_says(b"215 UNIX\r\n")
+    assert harness.replies() == b'257 "/"\r\n250 ok\r\n215 UNIX\r\n'
+
+
+def test_feat_after_login_merges_backend_features(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"FEAT\r\n")
+    assert harness.sent_to_backend() == b"FEAT\r\n"
+    harness.backend_says(b"211-Features:\r\n SIZE\r\n EPRT\r\n MODE Z\r\n211 End\r\n")
+    assert harness.replies() == b"211-Features:\r\n EPSV\r\n UTF8\r\n SIZE\r\n211 End\r\n"
+
+
+def test_malformed_backend_reply_ends_session_with_421(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"PWD\r\n")
+    harness.backend_says(b"this is not ftp\r\n")
+    assert harness.replies().startswith(b"421 ")
+    assert harness.client_transport.disconnecting
+    assert harness.state is State.CLOSED
+
+
+def test_refused_commands_never_reach_backend(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"CCC\r\nMODE Z\r\nPORT 127,0,0,1,4,1\r\n")
+    assert harness.sent_to_backend() == b""
+    replies = harness.replies()
+    assert replies.startswith(b"533 ") and b"\r\n504 " in replies and b"\r\n502 " in replies
+
+
+def _passive(harness: Harness, command: bytes = b"PASV\r\n") -> tuple[int, Protocol, Any]:
+    """Run PASV/EPSV through to the client's reply; returns (port, backend data proto, factory)."""
+    harness.send(command)
+    assert harness.sent_to_backend() == b"EPSV\r\n"
+    harness.backend_says(b"229 Entering Extended Passive Mode (|||30000|)\r\n")
+    host, port, protocol, _ = harness.backend.data_connections[-1]
+    assert (host, port) == ("127.0.0.1", 30000)
+    listen_port, factory, _, interface = harness.reactor.tcpServers[-1]
+    assert 41000 <= listen_port <= 41001 and interface == "127.0.0.1"
+    return listen_port, protocol, factory
+
+
+def test_pasv_reply_uses_public_address_and_range(harness: Harness) -> None:
+    harness.login()
+    port, _, _ = _passive(harness)
+    p1, p2 = port >> 8, port & 0xFF
+    assert harness.replies() == f"227 Entering Passive Mode (192,0,2,1,{p1},{p2}).\r\n".encode()
+    assert harness.metrics.passive_ports_in_use._value.get() == 1
+
+
+def test_epsv_reply_carries_only_the_port(harness: Harness) -> None:
+    harness.login()
+    port, _, _ = _passive(harness, b"EPSV\r\n")
+    assert harness.replies() == f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode()
+
+
+def test_backend_pasv_address_is_ignored_after_epsv_refusal(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"EPSV\r\n")
+    assert harness.sent_to_backend() == b"EPSV\r\n"
+    harness.backend_says(b"500 EPSV not understood\r\n")
+    assert harness.sent_to_backend() == b"PASV\r\n"
+    harness.backend_says(b"227 Entering Passive Mode (10,9,9,9,117,48).\r\n")
+    host, port, _, _ = harness.backend.data_connections[-1]
+    assert (host, port) == ("127.0.0.1", 30000)
+
+
+def test_invalid_backend_passive_reply_gives_425_and_frees_port(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"PASV\r\n")
+    assert harness.sent_to_backend() == b"EPSV\r\n"
+    harness.backend_says(b"229 Entering Extended Passive Mode (|||99999|)\r\n")
+    assert harness.replies().startswith(b"425 ")
+    assert harness.context.allocator.in_use == 0
+    harness.send(b"NOOP\r\n")
+    assert harness.sent_to_backend() == b"NOOP\r\n"
+
+
+def test_exhausted_passive_range_gives_425_and_session_goes_on() -> None:
+    harness = Harness(ports=1)
+    harness.login()
+    taken = harness.context.allocator.acquire()  # another session holds the only port
+    harness.send(b"EPSV\r\n")
+    assert harness.replies() == b"425 No passive port available; try again later.\r\n"
+    assert harness.sent_to_backend() == b""
+    assert harness.metrics.passive_ports_exhausted._value.get() == 1
+    assert taken is not None
+    harness.context.allocator.release(taken)
+    _passive(harness, b"EPSV\r\n")
+    assert harness.replies().startswith(b"229 ")
+
+
+def test_transfer_without_pasv_gets_425(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"RETR file\r\n")
+    assert harness.replies() == b"425 Use PASV or EPSV first.\r\n"
+    assert harness.sent_to_backend() == b""
+
+
+def test_data_connection_from_foreign_address_is_refused(harness: Harness) -> None:
+    harness.login()
+    _, _, factory = _passive(harness)
+    assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.66", 40000)) is None
+    counter = harness.metrics.data_connections_refused.labels(reason="foreign_address")
+    assert counter._value.get() == 1
+    assert factory.buildProtocol(CLIENT) is not None
+
+
+def _connect_data(harness: Harness, factory: Any, backend_data: Protocol) -> tuple[Any, Any]:
+    client_data = factory.buildProtocol(CLIENT)
+    client_transport = StringTransport(peerAddress=CLIENT)
+    client_data.makeConnection(client_transport)
+    backend_transport = StringTransport(peerAddress=BACKEND)
+    backend_data.makeConnection(backend_transport)
+    return client_data, (client_transport, backend_transport)
+
+
+def test_download_final_reply_waits_for_client_data_close(harness: Harness) -> None:
+    harness.login()
+    _, backend_data, factory = _passive(harness)
+    harness.replies()
+    client_data, (client_transport, _) = _connect_data(harness, factory, backend_data)
+    harness.send(b"RETR file\r\n")
+    assert harness.sent_to_backend() == b"RETR file\r\n"
+    harness.backend_says(b"150 Opening data connection\r\n")
+    backend_data.dataReceived(b"x" * 1000)
+    backend_data.dataReceived(b"y" * 24)
+    assert client_transport.value() == b"x" * 1000 + b"y" * 24
+    backend_data.connectionLost(Failure(ConnectionDone()))
+    harness.backend_says(b"226 Transfer complete\r\n")
+    # The client's data connection is closing but not closed: 226 must wait.
+    assert client_transport.disconnecting
+    assert harness.replies() == b"150 Opening data connection\r\n"
+    client_data.connectionLost(Failure(ConnectionDone()))
+    assert harness.replies() == b"226 Transfer complete\r\n"
+    assert harness.metrics.bytes_total.labels(direction="download")._value.get() == 1024
+    assert harness.context.allocator.in_use == 0
+
+
+def test_upload_closes_backend_only_after_all_bytes_and_relays_226(harness: Harness) -> None:
+    harness.login()
+    _, backend_data, factory = _passive(harness)
+    client_data, (_, backend_transport) = _connect_data(harness, factory, backend_data)
+    # A client that writes before the command is known: held, not lost.
+    client_data.dataReceived(b"early")
+    harness.send(b"STOR up.bin\r\n")
+    harness.backend_says(b"150 Ok to send data\r\n")
+    client_data.dataReceived(b"-late")
+    client_data.connectionLost(Failure(ConnectionDone()))
+    assert backend_transport.value() == b"early-late"
+    assert backend_transport.disconnecting
+    backend_data.connectionLost(Failure(ConnectionDone()))
+    harness.replies()
+    harness.backend_says(b"226 Transfer complete\r\n")
+    assert harness.replies() == b"226 Transfer complete\r\n"
+    assert harness.metrics.bytes_total.labels(direction="upload")._value.get() == 10
+
+
+def test_failed_transfer_command_frees_data_connections(harness: Harness) -> None:
+    harness.login()
+    _, backend_data, factory = _passive(harness)
+    _, (client_transport, backend_transport) = _connect_data(harness, factory, backend_data)
+    harness.replies()
+    harness.send(b"RETR missing\r\n")
+    assert harness.sent_to_backend() == b"RETR missing\r\n"
+    harness.backend_says(b"550 No such file\r\n")
+    assert harness.replies() == b"550 No such file\r\n"
+    assert client_transport.disconnecting and backend_transport.disconnecting
+    assert harness.context.allocator.in_use == 0
+    harness.send(b"NOOP\r\n")
+    assert harness.sent_to_backend() == b"NOOP\r\n"
+
+
+def test_client_that_never_connects_gets_425(harness: Harness) -> None:
+    harness.login()
+    _, backend_data, _ = _passive(harness)
+    backend_data.makeConnection(StringTransport(peerAddress=BACKEND))
+    harness.replies()
+    harness.send(b"RETR file\r\n")
+    harness.backend_says(b"150 Opening\r\n")
+    harness.reactor.advance(harness.context.config.passive_timeout + 1)
+    backend_data.connectionLost(Failure(ConnectionDone()))
+    harness.backend_says(b"226 Transfer complete\r\n")
+    assert harness.replies() == b"150 Opening\r\n425 Can't open data connection.\r\n"
+    assert harness.context.allocator.in_use == 0
+
+
+def test_client_leaving_ends_backend_and_frees_ports(harness: Harness) -> None:
+    harness.login()
+    _passive(harness)
+    harness.client.connectionLost(Failure(ConnectionDone()))
+    assert harness.backend_transport is not None and harness.backend_transport.disconnecting
+    assert harness.context.allocator.in_use == 0
+    assert harness.state is State.CLOSED
+
+
+def test_backend_closing_gives_client_421(harness: Harness) -> None:
+    harness.login()
+    assert harness.control is not None
+    harness.control.connectionLost(Failure(ConnectionDone()))
+    assert harness.replies().startswith(b"421 ")
+    assert harness.client_transport.disconnecting
