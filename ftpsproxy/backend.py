@@ -7,13 +7,14 @@ command waiting (``421`` on idle timeout, say) goes to ``on_unsolicited``.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import deque
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IReactorTCP
+from twisted.internet.interfaces import IAddress, IReactorTCP, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,6 +22,7 @@ from twisted.python.failure import Failure
 from .config import BackendAddress
 from .ftp.errors import FTPSyntaxError
 from .ftp.replies import Reply, ReplyParser
+from .sockets import tune
 
 log = Logger()
 
@@ -50,6 +52,9 @@ class BackendControl(Protocol):
     @property
     def peer_host(self) -> str:
         return str(self.transport.getPeer().host)  # type: ignore[union-attr]
+
+    def connectionMade(self) -> None:
+        tune(self.transport)
 
     def request(self, line: bytes, handler: ReplyHandler) -> None:
         """Send one command line (CRLF included) and route its replies to *handler*."""
@@ -110,11 +115,19 @@ class BackendConnector:
         self.address = address
         self.timeout = timeout
 
+    def _endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
+        """A TCP endpoint; names are resolved, IP literals are not (no resolver thread)."""
+        try:
+            version = ipaddress.ip_address(host).version
+        except ValueError:
+            return HostnameEndpoint(self._reactor, host, port, timeout=self.timeout)
+        if version == 4:
+            return TCP4ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
+        return TCP6ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
+
     def control(self) -> Deferred[BackendControl]:
         """Connect and wait for the greeting; fails with the reason otherwise."""
-        endpoint = HostnameEndpoint(
-            self._reactor, self.address.host, self.address.port, timeout=self.timeout
-        )
+        endpoint = self._endpoint(self.address.host, self.address.port)
         factory = Factory.forProtocol(BackendControl)
         factory.noisy = False
         connected: Deferred[BackendControl] = endpoint.connect(factory)  # type: ignore[assignment]
@@ -137,7 +150,7 @@ class BackendConnector:
 
     def data(self, host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
         """Connect *protocol* to a backend data port."""
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self.timeout)
+        endpoint = self._endpoint(host, port)
         connected: Deferred[Protocol] = endpoint.connect(_Prebuilt(protocol))  # type: ignore[assignment]
         return connected
 

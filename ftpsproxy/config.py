@@ -82,7 +82,7 @@ class Config:
     tls_minimum_version: str = "1.2"
     tls_ciphers: str | None = None
     require_tls: bool = False
-    passive_ports: PortRange = field(default_factory=lambda: PortRange(40000, 40099))
+    passive_ports: PortRange = field(default_factory=lambda: PortRange(30000, 30099))
     public_address: str | None = None
     metrics: str | None = None
     passive_timeout: float = 30.0

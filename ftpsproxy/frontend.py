@@ -18,6 +18,7 @@ from zope.interface import implementer
 from .ftp.errors import LineTooLong
 from .ftp.lines import LineBuffer
 from .session import ProxyContext, Session
+from .sockets import tune
 
 log = Logger()
 
@@ -41,6 +42,7 @@ class FrontendProtocol(Protocol):
     def connectionMade(self) -> None:
         self.peer_host = str(self.transport.getPeer().host)  # type: ignore[union-attr]
         self.local_host = str(self.transport.getHost().host)  # type: ignore[union-attr]
+        tune(self.transport)
         mode = "explicit" if self._mode == "plain" and self._context.server_tls else self._mode
         self.session = Session(self._context, self, listener=self._listener, mode=mode)
         self.session.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.error import ConnectionDone
@@ -22,6 +23,7 @@ from zope.interface import implementer
 
 from .ftp.policy import Direction
 from .metrics import Metrics
+from .sockets import tune
 
 log = Logger()
 
@@ -59,6 +61,7 @@ class DataConnection(Protocol):
     # -- Twisted callbacks ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        tune(self.transport, bulk=True)
         self.connected_ = True
         self.channel._side_connected(self)
 
@@ -146,6 +149,7 @@ class DataChannel:
         self.outcome: Outcome | None = None
         self.bytes = 0
         self.reported = False  # both sockets are gone and the session has been told
+        self._bytes_counter: Any = None  # the labelled counter, looked up once per transfer
         self._started = False
         self._closing_sink = False
         self._close_hooks: list[Callable[[], None]] = []
@@ -168,6 +172,7 @@ class DataChannel:
         if self.finished or self.direction is not None:
             return
         self.direction = direction
+        self._bytes_counter = self._metrics.bytes_total.labels(direction=direction.value)
         self._metrics.transfers_active.inc()
         self._try_start()
 
@@ -248,8 +253,7 @@ class DataChannel:
 
     def _count(self, size: int) -> None:
         self.bytes += size
-        assert self.direction is not None
-        self._metrics.bytes_total.labels(direction=self.direction.value).inc(size)
+        self._bytes_counter.inc(size)
 
     def _connect_timed_out(self) -> None:
         self._timer = None

@@ -33,7 +33,7 @@ class Options(usage.Options):
         ["private-key", None, None, "PEM private key for --certificate."],
         ["tls-minimum-version", None, None, "Lowest TLS version accepted: 1.2 (default) or 1.3."],
         ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2."],
-        ["passive-ports", None, None, "Passive data port range MIN-MAX (default 40000-40099)."],
+        ["passive-ports", None, None, "Passive data port range MIN-MAX (default 30000-30099)."],
         ["public-address", None, None, "IPv4 address announced in PASV replies."],
         ["passive-timeout", None, None, "Seconds to wait for data connections (default 30)."],
         ["backend-connect-timeout", None, None, "Seconds to connect to the backend (default 10)."],

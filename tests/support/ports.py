@@ -1,0 +1,53 @@
+"""Free loopback ports for test servers.
+
+There is an unavoidable race between finding a port and the server binding it; the
+random bases keep collisions between concurrent test processes unlikely.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+_LOW = 20000
+_HIGH = 60000
+_MAX_TRIES = 200
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _can_bind(port: int, host: str) -> bool:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a port the kernel says is free on ``host`` right now."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
+    """Return ``(first, last)`` of ``count`` contiguous ports that are all free on ``host``.
+
+    Passive-port ranges must be contiguous, which the kernel's ephemeral allocator
+    cannot give us, so try random bases in a range away from the ephemeral ports.
+    """
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    if count > _HIGH - _LOW:
+        raise ValueError(f"count {count} too large")
+    rng = random.Random()
+    for _ in range(_MAX_TRIES):
+        base = rng.randrange(_LOW, _HIGH - count + 1)
+        if all(_can_bind(port, host) for port in range(base, base + count)):
+            return base, base + count - 1
+    raise RuntimeError(f"no {count} contiguous free ports on {host} after {_MAX_TRIES} tries")

@@ -1,0 +1,277 @@
+"""The proxy under test as a real ``twistd`` process, as an operator would run it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from tests.support._proc import env_with_repo_path, terminate
+
+LISTEN_TIMEOUT = 15.0
+STOP_GRACE = 10.0
+#: twistd re-raises the signal it stopped on, so a clean SIGTERM shutdown exits with -15.
+CLEAN_EXIT_CODES = (0, -signal.SIGTERM)
+_POLL = 0.05
+_TCP_LISTEN = "0A"
+
+
+class ProxyError(RuntimeError):
+    """The proxy died or did not come up; the message carries its log."""
+
+
+def twistd_command() -> list[str]:
+    """``twistd`` from the same environment as this interpreter.
+
+    Falls back to running twistd's entry point through this interpreter when the
+    script is not installed next to it.
+    """
+    script = Path(sys.executable).parent / "twistd"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def _listening_inodes() -> dict[int, set[str]] | None:
+    """Map port -> inodes of TCP sockets in LISTEN state, or None without /proc."""
+    result: dict[int, set[str]] = {}
+    found_table = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found_table = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _TCP_LISTEN:
+                continue
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            result.setdefault(port, set()).add(fields[9])
+    return result if found_table else None
+
+
+def _tcp_connects(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ProxyProcess:
+    """``twistd -n ftpsproxy ARGS`` in ``workdir``, with its output in ``workdir/proxy.log``.
+
+    PYTHONPATH starts with the repository root so twistd finds the plugin in the
+    checkout's ``twisted/plugins`` without installing the project.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        workdir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        plugin: str = "ftpsproxy",
+    ) -> None:
+        self.args = list(args)
+        self.workdir = Path(workdir)
+        self.extra_env = dict(env or {})
+        self.plugin = plugin
+        self.log_path = self.workdir / "proxy.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [
+            *twistd_command(),
+            "-n",
+            "--pidfile=",
+            "--logfile=-",
+            self.plugin,
+            *self.args,
+        ]
+
+    def start(self) -> Self:
+        """Start twistd; does not wait (see ``wait_listening``)."""
+        if self._proc is not None:
+            raise RuntimeError("proxy already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # closed in stop()
+        self._proc = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            env=env_with_repo_path(self.extra_env),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    # -- waiting -------------------------------------------------------------------
+
+    def _check_alive(self, what: str) -> None:
+        proc = self._require_proc()
+        if proc.poll() is not None:
+            raise ProxyError(
+                f"proxy exited with {proc.returncode} {what}\n"
+                f"command: {self.command()}\n--- proxy log ---\n{self.log_text()}"
+            )
+
+    def is_listening(self, port: int, host: str = "127.0.0.1") -> bool:
+        """Whether *this* process has a listening socket on ``port``.
+
+        Reads /proc instead of connecting, so waiting does not open a client session
+        (which the proxy would log, count and forward to its backend).
+        """
+        table = _listening_inodes()
+        if table is None:
+            return _tcp_connects(host, port)
+        inodes = table.get(port)
+        if not inodes:
+            return False
+        return bool(inodes & self.socket_inodes())
+
+    def handles_sigterm(self) -> bool:
+        """Whether the process has a SIGTERM handler installed (from /proc/PID/status SigCgt).
+
+        twistd listens before ``reactor.run()`` installs its signal handlers; a SIGTERM in
+        that window kills it outright (exit -15) instead of shutting down cleanly.
+        """
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return False
+        for line in status.splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+        return False
+
+    def wait_listening(
+        self,
+        ports: Iterable[int],
+        host: str = "127.0.0.1",
+        timeout: float = LISTEN_TIMEOUT,
+        *,
+        running: bool = True,
+    ) -> None:
+        """Block until the proxy listens on every port; raise with its log if it died.
+
+        With ``running`` it also waits for the reactor to run (its SIGTERM handler is
+        installed), so a following ``stop()`` is a clean shutdown.
+        """
+        pending = list(ports)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive("while waiting for it to listen")
+            pending = [p for p in pending if not self.is_listening(p, host)]
+            if not pending and (not running or self.handles_sigterm()):
+                return
+            if time.monotonic() >= deadline:
+                what = f"listening on {pending}" if pending else "handling SIGTERM"
+                raise ProxyError(
+                    f"proxy not {what} after {timeout}s\n"
+                    f"command: {self.command()}\n--- proxy log ---\n{self.log_text()}"
+                )
+            time.sleep(_POLL)
+
+    def wait_log(self, pattern: str, timeout: float = LISTEN_TIMEOUT) -> re.Match[str]:
+        """Block until the log matches the regex ``pattern``; raise if the proxy died."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = regex.search(self.log_text())
+            if match:
+                return match
+            self._check_alive(f"while waiting for log /{pattern}/")
+            if time.monotonic() >= deadline:
+                raise ProxyError(
+                    f"no /{pattern}/ in proxy log after {timeout}s\n"
+                    f"--- proxy log ---\n{self.log_text()}"
+                )
+            time.sleep(_POLL)
+
+    # -- stopping ------------------------------------------------------------------
+
+    def stop(self, grace: float = STOP_GRACE) -> int | None:
+        """SIGTERM by PID, SIGKILL after ``grace`` s; returns the exit code (None if unstarted).
+
+        A clean shutdown gives one of ``CLEAN_EXIT_CODES``; -9 means it had to be killed.
+        """
+        proc = self._proc
+        if proc is None:
+            return None
+        code = terminate(proc, grace)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- facts ---------------------------------------------------------------------
+
+    def _require_proc(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise RuntimeError("proxy not started")
+        return self._proc
+
+    @property
+    def pid(self) -> int:
+        return self._require_proc().pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._require_proc().poll()
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def fd_count(self) -> int:
+        """Open file descriptors of the proxy (leak checks)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def socket_inodes(self) -> set[str]:
+        inodes: set[str] = set()
+        fd_dir = f"/proc/{self.pid}/fd"
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(fd_dir):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"{fd_dir}/{name}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+        return inodes
+
+    def rss_bytes(self) -> int:
+        """Resident set size from /proc/PID/status (memory-growth checks)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                value, unit = line.split()[1:3]
+                if unit != "kB":
+                    raise ValueError(f"unexpected VmRSS unit {unit!r}")
+                return int(value) * 1024
+        raise ValueError("no VmRSS in /proc status")
