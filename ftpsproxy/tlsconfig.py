@@ -88,6 +88,10 @@ def load_server_tls(
     try:
         context.use_privatekey_file(str(private_key))
     except SSL.Error as error:
+        if "mismatch" in str(error):
+            raise ConfigError(
+                f"private key {private_key}: does not match certificate {certificate}"
+            ) from error
         raise ConfigError(f"private key {private_key}: unusable: {error}") from error
     try:
         context.check_privatekey()

@@ -9,9 +9,6 @@ ROOT=$PWD
 
 # System packages the tests drive. Add FTP servers here (vsftpd, proftpd-core, ...).
 APT_PACKAGES="curl lftp openssl"
-VENV="$ROOT/.venv"
-VENV_PY="$VENV/bin/python"
-DEPS_STAMP="$VENV/.ftpsproxy-test-deps"
 SECONDS=0
 
 step() { printf '\n=== %s (t=%ss)\n' "$*" "$SECONDS"; }
@@ -61,62 +58,9 @@ else
 fi
 
 # --- python virtual environment -------------------------------------------------------
-py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
-
-find_python() {
-    local py
-    for py in python3 python3.13 python3.12 python3.11; do
-        if command -v "$py" >/dev/null && py_ok "$py"; then
-            command -v "$py"
-            return 0
-        fi
-    done
-    return 1
-}
-
-step "python environment: $VENV"
-if [[ -e $VENV ]] && ! py_ok "$VENV_PY"; then
-    echo "$VENV is unusable or older than Python 3.11: recreating it"
-    rm -rf "$VENV"
-fi
-if [[ ! -e $VENV ]]; then
-    PY=$(find_python) || die "need Python >= 3.11 (python3) on PATH"
-    # Debian splits venv/ensurepip into python3-venv.
-    if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null && command -v dpkg-query >/dev/null; then
-        apt_install python3-venv
-    fi
-    echo "creating $VENV with $PY ($("$PY" --version))"
-    if ! "$PY" -m venv "$VENV"; then
-        rm -rf "$VENV"
-        die "could not create $VENV with $PY"
-    fi
-fi
-
-# [project].dependencies + [project.optional-dependencies].test, without the project itself.
-DEPS=$("$VENV_PY" - <<'PY'
-import tomllib
-
-with open("pyproject.toml", "rb") as f:
-    project = tomllib.load(f)["project"]
-deps = project.get("dependencies", []) + project.get("optional-dependencies", {}).get("test", [])
-print("\n".join(deps))
-PY
-)
-mapfile -t DEP_LIST <<<"$DEPS"
-WANT_STAMP=$( { "$VENV_PY" --version; printf '%s\n' "$DEPS"; } | sha256sum | cut -d' ' -f1)
-if [[ ! -f $DEPS_STAMP || $(cat "$DEPS_STAMP") != "$WANT_STAMP" ]]; then
-    echo "pip install: ${DEP_LIST[*]}"
-    pip_log=$(mktemp)
-    if ! "$VENV_PY" -m pip install --quiet "${DEP_LIST[@]}" >"$pip_log" 2>&1; then
-        cat "$pip_log" >&2
-        rm -f "$pip_log"
-        die "pip install failed"
-    fi
-    rm -f "$pip_log"
-    echo "$WANT_STAMP" >"$DEPS_STAMP"
-else
-    echo "dependencies unchanged since last install"
-fi
+step "python environment"
+bash deploy/setup-venv.sh test
+VENV_PY="$ROOT/.venv/bin/python"
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
