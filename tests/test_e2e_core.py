@@ -11,6 +11,7 @@ import hashlib
 import io
 import re
 import socket
+import ssl
 import time
 import urllib.request
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
 from tests.support.clients import (
     ImplicitFTP_TLS,
+    ReusingFTP_TLS,
     client_context,
     make_random_file,
     require_tool,
@@ -408,3 +410,35 @@ def test_session_log_lines_and_no_password(proxied: Proxied) -> None:
     match = proxy.wait_log(r"session \d+ end client=127\.0\.0\.1 user=demo")  # type: ignore[attr-defined]
     assert "bytes_down=" in match.string
     assert proxied.backend.password not in proxy.log_text()  # type: ignore[attr-defined]
+
+
+class _ReuseRecordingFTP_TLS(ReusingFTP_TLS):
+    """Records, per data connection, whether the TLS session was resumed."""
+
+    reused: list[bool]
+
+    def ntransfercmd(
+        self, cmd: str, rest: int | str | None = None
+    ) -> tuple[socket.socket, int | None]:
+        conn, size = super().ntransfercmd(cmd, rest)
+        self.reused.append(bool(getattr(conn, "session_reused", False)))
+        return conn, size
+
+
+@pytest.mark.parametrize("maximum", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_data_connections_resume_the_control_tls_session(
+    proxied: Proxied, maximum: ssl.TLSVersion
+) -> None:
+    """One server context for control and data: clients that resume (curl, lftp) can."""
+    ftp = _ReuseRecordingFTP_TLS(
+        context=client_context(proxied.pki.ca_cert, maximum_version=maximum), timeout=30
+    )
+    ftp.reused = []
+    ftp.connect("127.0.0.1", proxied.port)
+    ftp.login(proxied.backend.user, proxied.backend.password)
+    ftp.prot_p()
+    for index in range(3):
+        ftp.storbinary(f"STOR f{index}", io.BytesIO(b"r" * 1000))
+        assert _retr(ftp, f"f{index}") == b"r" * 1000
+    ftp.quit()
+    assert ftp.reused == [True] * 6
