@@ -280,12 +280,6 @@ class DataChannel:
             hook()
         if self.direction is not None:
             self._metrics.transfers_active.dec()
-            result = "complete" if outcome is Outcome.COMPLETE else "aborted"
-            if outcome in (Outcome.CLIENT_FAILED, Outcome.BACKEND_FAILED):
-                result = "failed"
-            self._metrics.transfers_total.labels(
-                direction=self.direction.value, result=result
-            ).inc()
         self._maybe_report()
 
     def _maybe_report(self) -> None:

@@ -128,6 +128,7 @@ class Session:
         self._channel: DataChannel | None = None  # prepared by PASV/EPSV, not yet used
         self._transfer: DataChannel | None = None  # the running transfer
         self._held_reply: Reply | None = None
+        self._aborting = False  # the client sent ABOR during the running transfer
         self._started = time.monotonic()
         self.bytes_up = 0
         self.bytes_down = 0
@@ -565,6 +566,7 @@ class Session:
         assert channel is not None and reply is not None
         self._transfer = None
         self._held_reply = None
+        self._count_transfer(channel, reply)
         if reply.is_success and channel.outcome is not Outcome.COMPLETE:
             if channel.outcome is Outcome.CLIENT_FAILED and not channel.client.connected_:
                 reply = make_reply(425, "Can't open data connection.")
@@ -573,10 +575,22 @@ class Session:
         self._send(reply)
         self._done()
 
+    def _count_transfer(self, channel: DataChannel, reply: Reply) -> None:
+        assert channel.direction is not None
+        if channel.outcome is Outcome.ABORTED and self._aborting:
+            result = "aborted"
+        elif reply.is_success and channel.outcome is Outcome.COMPLETE:
+            result = "complete"
+        else:
+            result = "failed"
+        self._aborting = False
+        self.metrics.transfers_total.labels(direction=channel.direction.value, result=result).inc()
+
     def _abort_transfer(self) -> None:
         """ABOR while a transfer runs: close its data connections and let the backend answer."""
         assert self._transfer is not None
         self.metrics.commands_total.labels(verb="ABOR").inc()
+        self._aborting = True
         self._transfer.abort()
         if self.backend is not None:
             self.backend.request(b"ABOR\r\n", self._send)

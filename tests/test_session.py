@@ -362,6 +362,8 @@ def test_download_final_reply_waits_for_client_data_close(harness: Harness) -> N
     assert harness.replies() == b"226 Transfer complete\r\n"
     assert harness.metrics.bytes_total.labels(direction="download")._value.get() == 1024
     assert harness.context.allocator.in_use == 0
+    done = harness.metrics.transfers_total.labels(direction="download", result="complete")
+    assert done._value.get() == 1
 
 
 def test_upload_closes_backend_only_after_all_bytes_and_relays_226(harness: Harness) -> None:
@@ -394,6 +396,8 @@ def test_failed_transfer_command_frees_data_connections(harness: Harness) -> Non
     assert harness.replies() == b"550 No such file\r\n"
     assert client_transport.disconnecting and backend_transport.disconnecting
     assert harness.context.allocator.in_use == 0
+    failed = harness.metrics.transfers_total.labels(direction="download", result="failed")
+    assert failed._value.get() == 1
     harness.send(b"NOOP\r\n")
     assert harness.sent_to_backend() == b"NOOP\r\n"
 
@@ -427,3 +431,27 @@ def test_backend_closing_gives_client_421(harness: Harness) -> None:
     harness.control.connectionLost(Failure(ConnectionDone()))
     assert harness.replies().startswith(b"421 ")
     assert harness.client_transport.disconnecting
+
+
+def test_abor_during_download_closes_data_and_relays_replies_in_order(harness: Harness) -> None:
+    harness.login()
+    _, backend_data, factory = _passive(harness)
+    client_data, (client_transport, backend_transport) = _connect_data(
+        harness, factory, backend_data
+    )
+    harness.send(b"RETR big\r\n")
+    harness.backend_says(b"150 Opening\r\n")
+    backend_data.dataReceived(b"z" * 100)
+    harness.replies()
+    harness.sent_to_backend()
+    harness.send(b"\xff\xf4\xff\xf2ABOR\r\nPWD\r\n")
+    assert harness.sent_to_backend() == b"ABOR\r\n"
+    assert client_transport.disconnected and backend_transport.disconnected  # aborted at once
+    client_data.connectionLost(Failure(ConnectionDone()))
+    backend_data.connectionLost(Failure(ConnectionDone()))
+    harness.backend_says(b"426 Transfer aborted\r\n226 ABOR successful\r\n")
+    assert harness.replies() == b"426 Transfer aborted\r\n226 ABOR successful\r\n"
+    assert harness.sent_to_backend() == b"PWD\r\n"  # the session goes on
+    aborted = harness.metrics.transfers_total.labels(direction="download", result="aborted")
+    assert aborted._value.get() == 1
+    assert harness.context.allocator.in_use == 0
