@@ -11,14 +11,27 @@ import ipaddress
 from collections import deque
 from collections.abc import Callable
 
+from OpenSSL import SSL
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IReactorTCP, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    IReactorTCP,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from .backendtls import BackendSessionTLS, BackendTLSSettings
 from .config import BackendAddress
 from .ftp.errors import FTPSyntaxError
 from .ftp.replies import Reply, ReplyParser
@@ -29,25 +42,41 @@ log = Logger()
 ReplyHandler = Callable[[Reply], None]
 
 
-class BackendGreetingError(Exception):
-    """The backend answered the connection with something other than 220."""
+class BackendSetupError(Exception):
+    """The backend session could not be set up: a refused greeting, AUTH TLS, PBSZ or PROT."""
 
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(f"backend greeting {reply.code}: {reply.text}")
+    def __init__(self, why: str, reply: Reply | None = None) -> None:
+        super().__init__(why)
         self.reply = reply
 
 
-class BackendControl(Protocol):
-    """One backend control connection, owned by one client session."""
+class BackendTLSError(BackendSetupError):
+    """The TLS handshake with the backend failed (verification, protocol, timeout)."""
 
-    def __init__(self) -> None:
+
+@implementer(IHandshakeListener)
+class BackendControl(Protocol):
+    """One backend control connection, owned by one client session.
+
+    ``ready`` fires once the backend has greeted us and, for FTPS backends, TLS is
+    up and the data protection level is set (``AUTH TLS``, ``PBSZ 0``, ``PROT``).
+    """
+
+    def __init__(
+        self, tls: BackendSessionTLS | None = None, *, explicit: bool = False, protect: bool = True
+    ) -> None:
+        self.tls = tls
+        self.protect_data = tls is not None and protect
+        self._explicit = explicit
         self._parser = ReplyParser()
         self._waiting: deque[ReplyHandler] = deque()
-        self.greeting: Deferred[Reply] = Deferred()
+        self.ready: Deferred[BackendControl] = Deferred()
         self._greeted = False
+        self._is_ready = False
         self.on_unsolicited: Callable[[Reply], None] = lambda reply: None
         self.on_lost: Callable[[str], None] = lambda why: None
         self.closing = False
+        self.tls_version: str | None = None
 
     @property
     def peer_host(self) -> str:
@@ -66,13 +95,19 @@ class BackendControl(Protocol):
         if self.transport is not None:
             self.transport.loseConnection()
 
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+
     def dataReceived(self, data: bytes) -> None:
         try:
             replies = self._parser.feed(data)
         except FTPSyntaxError as error:
             log.warn("backend sent a malformed reply: {error}", error=error)
+            self._fail(BackendSetupError(f"malformed reply from backend ({error})"))
             self.on_lost(f"malformed reply from backend ({error})")
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.abort()
             return
         for reply in replies:
             self._dispatch(reply)
@@ -82,10 +117,14 @@ class BackendControl(Protocol):
             if reply.is_preliminary:
                 return  # 120: service ready in nnn minutes (RFC 959)
             self._greeted = True
-            if reply.code == 220:
-                self.greeting.callback(reply)
+            if reply.code != 220:
+                self._fail(BackendSetupError(f"greeting {reply.code}: {reply.text}", reply))
+            elif self.tls is not None and self._explicit:
+                self.request(b"AUTH TLS\r\n", self._auth_reply)
+            elif self.tls is not None:
+                self._protect()
             else:
-                self.greeting.errback(Failure(BackendGreetingError(reply)))
+                self._become_ready()
             return
         if not self._waiting:
             self.on_unsolicited(reply)
@@ -95,10 +134,54 @@ class BackendControl(Protocol):
             self._waiting.popleft()
         handler(reply)
 
+    # -- FTPS set-up (RFC 4217 §4-§9) ---------------------------------------------------------
+
+    def _auth_reply(self, reply: Reply) -> None:
+        if reply.code != 234:
+            self._fail(BackendSetupError(f"AUTH TLS refused: {reply.code} {reply.text}", reply))
+            return
+        self.transport.startTLS(self.tls)  # type: ignore[union-attr]
+
+    def handshakeCompleted(self) -> None:
+        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        self.tls_version = handle.get_protocol_version_name()
+        if self._explicit:
+            self._protect()
+        # Implicit: the greeting arrives next and continues the set-up.
+
+    def _protect(self) -> None:
+        def prot_reply(reply: Reply) -> None:
+            if reply.code // 100 != 2:
+                self._fail(BackendSetupError(f"PROT refused: {reply.code} {reply.text}", reply))
+            else:
+                self._become_ready()
+
+        def pbsz_reply(reply: Reply) -> None:
+            if reply.code // 100 != 2:
+                self._fail(BackendSetupError(f"PBSZ refused: {reply.code} {reply.text}", reply))
+            else:
+                self.request(b"PROT P\r\n" if self.protect_data else b"PROT C\r\n", prot_reply)
+
+        self.request(b"PBSZ 0\r\n", pbsz_reply)
+
+    def _become_ready(self) -> None:
+        self._is_ready = True
+        self.ready.callback(self)
+
+    def _fail(self, error: Exception) -> None:
+        if not self._is_ready and not self.ready.called:
+            self._is_ready = True
+            self.ready.errback(Failure(error))
+            self.abort()
+
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        if not self._greeted:
-            self._greeted = True
-            self.greeting.errback(reason)
+        if not self._is_ready and not self.ready.called:
+            if self.tls is not None and self.tls.failure is not None:
+                self._fail(BackendTLSError(self.tls.failure))
+            elif self.tls is not None and reason.check(SSL.Error):
+                self._fail(BackendTLSError(f"TLS handshake failed: {reason.getErrorMessage()}"))
+            else:
+                self._fail(BackendSetupError(f"connection lost: {reason.getErrorMessage()}"))
         if not self.closing:
             self.on_lost(reason.getErrorMessage())
 
@@ -107,13 +190,25 @@ class BackendConnector:
     """Opens connections to the configured backend: control connections and data connections.
 
     Sessions get this from the shared context, so tests can substitute in-memory
-    connections and later work (TLS to the backend) changes one place.
+    connections, and the TLS details of the backend live in this one place.
     """
 
-    def __init__(self, reactor: IReactorTCP, address: BackendAddress, timeout: float) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        address: BackendAddress,
+        timeout: float,
+        tls: BackendTLSSettings | None = None,
+        *,
+        protect_data: bool = True,
+    ) -> None:
         self._reactor = reactor
         self.address = address
         self.timeout = timeout
+        self.tls = tls
+        self.protect_data = protect_data
+        if (address.scheme == "ftp") != (tls is None):
+            raise ValueError("TLS settings go with ftpes:// and ftps:// backends only")
 
     def _endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
         """A TCP endpoint; names are resolved, IP literals are not (no resolver thread)."""
@@ -126,31 +221,47 @@ class BackendConnector:
         return TCP6ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
 
     def control(self) -> Deferred[BackendControl]:
-        """Connect and wait for the greeting; fails with the reason otherwise."""
-        endpoint = self._endpoint(self.address.host, self.address.port)
-        factory = Factory.forProtocol(BackendControl)
-        factory.noisy = False
-        connected: Deferred[BackendControl] = endpoint.connect(factory)  # type: ignore[assignment]
-        return connected.addCallback(self._greeted)
+        """Connect and set the session up; fails with the reason otherwise.
 
-    def _greeted(self, control: BackendControl) -> Deferred[BackendControl]:
-        timer = self._reactor.callLater(self.timeout, control.greeting.cancel)  # type: ignore[attr-defined]
+        ``timeout`` bounds the whole set-up: connect, TLS handshake, greeting, PBSZ/PROT.
+        """
+        session_tls = BackendSessionTLS(self.tls) if self.tls is not None else None
+        control = BackendControl(
+            session_tls, explicit=self.address.scheme == "ftpes", protect=self.protect_data
+        )
+        endpoint = self._endpoint(self.address.host, self.address.port)
+        if session_tls is not None and self.address.scheme == "ftps":
+            endpoint = wrapClientTLS(session_tls, endpoint)
+        connected: Deferred[Protocol] = endpoint.connect(_Prebuilt(control))  # type: ignore[assignment]
+        timer = self._reactor.callLater(self.timeout, self._set_up_timed_out, control, connected)  # type: ignore[attr-defined]
 
         def done(result: object) -> object:
             if timer.active():
                 timer.cancel()
             return result
 
-        def failed(reason: Failure) -> Failure:
-            control.close()
-            return reason
+        control.ready.addBoth(done)
 
-        control.greeting.addBoth(done)
-        return control.greeting.addCallbacks(lambda _: control, failed)
+        def connect_failed(reason: Failure) -> None:
+            why = f"cannot connect: {reason.getErrorMessage()}"
+            control._fail(ConnectionError(why))
 
-    def data(self, host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
-        """Connect *protocol* to a backend data port."""
-        endpoint = self._endpoint(host, port)
+        connected.addErrback(connect_failed)
+        return control.ready
+
+    def _set_up_timed_out(self, control: BackendControl, connected: Deferred[Protocol]) -> None:
+        if not connected.called:
+            connected.cancel()
+        control._fail(BackendSetupError(f"no ready backend session within {self.timeout:g}s"))
+
+    def data(self, control: BackendControl, port: int, protocol: Protocol) -> Deferred[Protocol]:
+        """Connect *protocol* to a backend data port, at the control connection's peer.
+
+        With ``PROT P`` the data connection resumes the control connection's TLS session.
+        """
+        endpoint = self._endpoint(control.peer_host, port)
+        if control.tls is not None and control.protect_data:
+            endpoint = wrapClientTLS(control.tls.for_data(), endpoint)
         connected: Deferred[Protocol] = endpoint.connect(_Prebuilt(protocol))  # type: ignore[assignment]
         return connected
 

@@ -87,6 +87,18 @@ class Config:
     metrics: str | None = None
     passive_timeout: float = 30.0
     backend_connect_timeout: float = 10.0
+    tls_handshake_timeout: float = 10.0
+    require_session_reuse: bool = False
+    client_ca: Path | None = None
+    client_certificate: str = "none"
+    client_certificate_user_match: bool = False
+    backend_ca: Path | None = None
+    backend_server_name: str | None = None
+    backend_insecure: bool = False
+    backend_client_certificate: Path | None = None
+    backend_client_key: Path | None = None
+    backend_tls_max_version: str | None = None
+    backend_data_protection: str = "private"
 
     @property
     def tls_enabled(self) -> bool:
@@ -106,6 +118,18 @@ _SCALARS: dict[str, str] = {
     "passive-timeout": "seconds",
     "backend-connect-timeout": "seconds",
     "backend": "backend",
+    "tls-handshake-timeout": "seconds",
+    "require-session-reuse": "bool",
+    "client-ca": "path",
+    "client-certificate": "choice:none,optional,required",
+    "client-certificate-user-match": "bool",
+    "backend-ca": "path",
+    "backend-server-name": "str",
+    "backend-insecure": "bool",
+    "backend-client-certificate": "path",
+    "backend-client-key": "path",
+    "backend-tls-max-version": "choice:1.2,1.3",
+    "backend-data-protection": "choice:private,clear",
 }
 _LISTS = ("listen", "listen-implicit")
 KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})
@@ -120,6 +144,11 @@ def _convert(key: str, kind: str, value: Any) -> Any:
         raise ConfigError(f"{key}: expected a string or number, got {value!r}")
     if kind == "path":
         return Path(str(value))
+    if kind.startswith("choice:"):
+        choices = kind.removeprefix("choice:").split(",")
+        if str(value) not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+        return str(value)
     if kind == "range":
         return parse_port_range(str(value))
     if kind == "backend":
@@ -177,6 +206,26 @@ def build_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) 
         raise ConfigError("certificate and private-key must be given together")
     if fields["listen_implicit"] and not has_cert:
         raise ConfigError("listen-implicit: needs --certificate and --private-key")
-    if fields.get("require_tls") and not has_cert:
-        raise ConfigError("require-tls: needs --certificate and --private-key")
+    for flag in ("require_tls", "require_session_reuse", "client_ca"):
+        if fields.get(flag) and not has_cert:
+            raise ConfigError(f"{flag.replace('_', '-')}: needs --certificate and --private-key")
+    if fields.get("client_certificate", "none") != "none" and "client_ca" not in fields:
+        raise ConfigError("client-certificate: needs --client-ca")
+    if (
+        fields.get("client_certificate_user_match")
+        and fields.get("client_certificate", "none") == "none"
+    ):
+        raise ConfigError(
+            "client-certificate-user-match: needs --client-certificate optional|required"
+        )
+    backend_tls_keys: list[str] = [
+        key
+        for key in ("backend_ca", "backend_server_name", "backend_client_certificate")
+        if key in fields
+    ]
+    if fields["backend"].scheme == "ftp" and (backend_tls_keys or fields.get("backend_insecure")):
+        key = (backend_tls_keys or ["backend_insecure"])[0].replace("_", "-")
+        raise ConfigError(f"{key}: only for ftpes:// and ftps:// backends")
+    if "backend_client_key" in fields and "backend_client_certificate" not in fields:
+        raise ConfigError("backend-client-key: needs --backend-client-certificate")
     return Config(**fields)

@@ -8,7 +8,12 @@ is wrapped in TLS, so TLS starts with the first byte).
 from __future__ import annotations
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IAddress, IHandshakeListener, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IProtocolFactory,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -19,6 +24,7 @@ from .ftp.errors import LineTooLong
 from .ftp.lines import LineBuffer
 from .session import ProxyContext, Session
 from .sockets import tune
+from .tlsconfig import certificate_names, failure_reason
 
 log = Logger()
 
@@ -38,21 +44,52 @@ class FrontendProtocol(Protocol):
         self.peer_host = ""
         self.local_host = ""
         self.session: Session | None = None
+        self.certificate_names: list[str] | None = None  # None: no client certificate
+        self._handshake_timer: IDelayedCall | None = None
+        self._failure_counted = False
 
     def connectionMade(self) -> None:
         self.peer_host = str(self.transport.getPeer().host)  # type: ignore[union-attr]
         self.local_host = str(self.transport.getHost().host)  # type: ignore[union-attr]
         tune(self.transport)
+        if self._tls_started:
+            self._start_handshake_timer()
         mode = "explicit" if self._mode == "plain" and self._context.server_tls else self._mode
         self.session = Session(self._context, self, listener=self._listener, mode=mode)
         self.session.start()
 
+    def _start_handshake_timer(self) -> None:
+        reactor = self._context.reactor
+        self._handshake_timer = reactor.callLater(  # type: ignore[attr-defined]
+            self._context.config.tls_handshake_timeout, self._handshake_timed_out
+        )
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        self._context.metrics.tls_handshake_failures.labels(
+            side="client", channel="control", reason="timeout"
+        ).inc()
+        self._failure_counted = True
+        log.info("TLS handshake with {client} timed out", client=self.peer_host)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
     def handshakeCompleted(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
         self.tls_active = True
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         self._context.metrics.tls_handshakes.labels(
             side="client", channel="control", version=handle.get_protocol_version_name()
         ).inc()
+        certificate = handle.get_peer_certificate()
+        if certificate is not None:
+            subject, self.certificate_names = certificate_names(certificate)
+            log.info(
+                "client {client} presented certificate {subject}",
+                client=self.peer_host,
+                subject=subject,
+            )
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
@@ -71,9 +108,11 @@ class FrontendProtocol(Protocol):
             session.client_line(line)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        if self._tls_started and not self.tls_active:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        if self._tls_started and not self.tls_active and not self._failure_counted:
             self._context.metrics.tls_handshake_failures.labels(
-                side="client", channel="control"
+                side="client", channel="control", reason=failure_reason(reason)
             ).inc()
         if self.session is not None:
             self.session.client_lost()
@@ -86,7 +125,7 @@ class FrontendProtocol(Protocol):
 
     def start_tls(self) -> None:
         """Upgrade after ``234``; bytes sent behind ``AUTH`` are dropped (CVE-2011-0411)."""
-        assert self._context.server_tls is not None
+        assert self.session is not None and self.session.server_tls is not None
         self._stop_reading_lines = True
         dropped = self._lines.clear()
         if dropped:
@@ -96,7 +135,8 @@ class FrontendProtocol(Protocol):
                 client=self.peer_host,
             )
         self._tls_started = True
-        self.transport.startTLS(self._context.server_tls)  # type: ignore[union-attr]
+        self._start_handshake_timer()
+        self.transport.startTLS(self.session.server_tls)  # type: ignore[union-attr]
 
     def close(self) -> None:
         if self.transport is not None:

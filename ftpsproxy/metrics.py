@@ -47,14 +47,21 @@ class Metrics:
         )
         self.tls_handshake_failures = Counter(
             "ftpsproxy_tls_handshake_failures",
-            "TLS handshakes that failed, by side and channel.",
-            ["side", "channel"],
+            "TLS handshakes that failed, by side, channel and reason "
+            "(verification, protocol, timeout, closed, session_reuse).",
+            ["side", "channel", "reason"],
             registry=r,
         )
         self.tls_handshakes = Counter(
             "ftpsproxy_tls_handshakes",
             "TLS handshakes completed, by side, channel and protocol version.",
             ["side", "channel", "version"],
+            registry=r,
+        )
+        self.tls_data_sessions = Counter(
+            "ftpsproxy_tls_data_sessions",
+            "TLS data connections by side and whether they resumed the control session.",
+            ["side", "resumed"],
             registry=r,
         )
         self.bytes_total = Counter(

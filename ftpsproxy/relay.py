@@ -15,15 +15,17 @@ from typing import Any
 
 from twisted.internet.base import DelayedCall
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .backendtls import session_reused
 from .ftp.policy import Direction
 from .metrics import Metrics
 from .sockets import tune
+from .tlsconfig import failure_reason
 
 log = Logger()
 
@@ -55,23 +57,42 @@ class DataConnection(Protocol):
         self._discard = False
         # A TLS data connection must finish its handshake before it can be shut
         # down cleanly (Twisted aborts a mid-handshake TLS connection instead).
-        self.awaiting_handshake = side is Side.CLIENT and channel.client_tls
+        self.awaiting_handshake = channel.client_tls if side is Side.CLIENT else channel.backend_tls
         self._finish_after_handshake = False
+        self._handshake_timer: IDelayedCall | None = None
+        self.failure_counted = False
 
     # -- Twisted callbacks ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
         tune(self.transport, bulk=True)
         self.connected_ = True
+        if self.awaiting_handshake:
+            self._handshake_timer = self.channel._reactor.callLater(
+                self.channel.handshake_timeout, self._handshake_timed_out
+            )
         self.channel._side_connected(self)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        self.channel._metrics.tls_handshake_failures.labels(
+            side=self.side.value, channel="data", reason="timeout"
+        ).inc()
+        self.failure_counted = True
+        self.abort()
 
     def handshakeCompleted(self) -> None:
         self.awaiting_handshake = False
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
         self.channel._handshake_completed(self)
         if self._finish_after_handshake:
             self.finish()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.channel.finished and self.channel.outcome is not Outcome.COMPLETE:
+            return  # refused or aborted: nothing more is relayed
         sink = self._sink
         if sink is not None:
             self.channel._count(len(data))
@@ -83,6 +104,8 @@ class DataConnection(Protocol):
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
         self.ended = True
         self.end_reason = reason
         self.channel._side_lost(self)
@@ -137,12 +160,20 @@ class DataChannel:
         on_finished: Callable[[DataChannel], None],
         *,
         client_tls: bool,
+        backend_tls: bool = False,
         connect_timeout: float,
+        handshake_timeout: float = 10.0,
+        require_session_reuse: bool = False,
     ) -> None:
         self._reactor = reactor
         self._metrics = metrics
         self._on_finished = on_finished
         self.client_tls = client_tls
+        self.backend_tls = backend_tls
+        self.handshake_timeout = handshake_timeout
+        self.require_session_reuse = require_session_reuse
+        # A reply the session must send instead of the backend's (code, text).
+        self.refusal: tuple[int, str] | None = None
         self.client = DataConnection(self, Side.CLIENT)
         self.backend = DataConnection(self, Side.BACKEND)
         self.direction: Direction | None = None
@@ -199,16 +230,34 @@ class DataChannel:
     def _handshake_completed(self, connection: DataConnection) -> None:
         handle = connection.transport.getHandle()  # type: ignore[union-attr]
         version = handle.get_protocol_version_name()
-        self._metrics.tls_handshakes.labels(
-            side=connection.side.value, channel="data", version=version
-        ).inc()
+        side = connection.side.value
+        self._metrics.tls_handshakes.labels(side=side, channel="data", version=version).inc()
+        resumed = session_reused(handle)
+        self._metrics.tls_data_sessions.labels(side=side, resumed=str(resumed).lower()).inc()
+        if connection.side is Side.CLIENT and self.require_session_reuse and not resumed:
+            # Like vsftpd's require_ssl_reuse: a data connection that does not resume the
+            # control session may come from someone else behind the same address.
+            log.warn("refused a data connection that did not resume the TLS session")
+            self._metrics.tls_handshake_failures.labels(
+                side="client", channel="data", reason="session_reuse"
+            ).inc()
+            self.refusal = (522, "TLS session reuse required on the data connection.")
+            self._end(Outcome.CLIENT_FAILED)
 
     def _side_lost(self, connection: DataConnection) -> None:
         if self.finished:
             self._maybe_report()
             return
-        if connection.awaiting_handshake:
-            self._metrics.tls_handshake_failures.labels(side="client", channel="data").inc()
+        if (
+            connection.awaiting_handshake
+            and not connection.failure_counted
+            and connection.end_reason is not None
+        ):
+            self._metrics.tls_handshake_failures.labels(
+                side=connection.side.value,
+                channel="data",
+                reason=failure_reason(connection.end_reason),
+            ).inc()
         if not self._started:
             # Keep an early end (an empty listing, a tiny upload) until the direction is known.
             if self.direction is not None:

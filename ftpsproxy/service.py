@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -10,6 +11,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from .backend import BackendConnector
+from .backendtls import BackendTLSSettings
 from .config import Config
 from .errors import ConfigError
 from .frontend import frontend_factory
@@ -17,7 +19,7 @@ from .http import metrics_site
 from .metrics import Metrics
 from .ports import PortAllocator
 from .session import ProxyContext
-from .tlsconfig import load_server_tls
+from .tlsconfig import ReloadableServerTLS, ServerTLS, load_server_tls
 
 log = Logger()
 
@@ -29,13 +31,21 @@ class ProxyService(MultiService):
         super().__init__()
         self.config = config
         server_tls = None
-        if config.certificate is not None and config.private_key is not None:
-            server_tls = load_server_tls(
-                config.certificate,
-                config.private_key,
-                minimum_version=config.tls_minimum_version,
-                ciphers=config.tls_ciphers,
+        if config.tls_enabled:
+            server_tls = ReloadableServerTLS(self._load_server_tls())
+        backend_tls = None
+        if config.backend.scheme != "ftp":
+            backend_tls = BackendTLSSettings(
+                server_name=config.backend_server_name or config.backend.host,
+                ca_file=config.backend_ca,
+                insecure=config.backend_insecure,
+                client_certificate=config.backend_client_certificate,
+                client_key=config.backend_client_key,
+                maximum_version=config.backend_tls_max_version,
             )
+            backend_tls.validate()
+            if config.backend_insecure:
+                log.warn("backend certificate verification is OFF (--backend-insecure)")
         metrics = Metrics()
         ports = config.passive_ports
         metrics.passive_ports_capacity.set(ports.size)
@@ -45,9 +55,16 @@ class ProxyService(MultiService):
             metrics=metrics,
             allocator=PortAllocator(ports.low, ports.high),
             server_tls=server_tls,
-            backend=BackendConnector(reactor, config.backend, config.backend_connect_timeout),
+            backend=BackendConnector(
+                reactor,
+                config.backend,
+                config.backend_connect_timeout,
+                backend_tls,
+                protect_data=config.backend_data_protection == "private",
+            ),
         )
         self._listeners: list[StreamServerEndpointService] = []
+        self._previous_sighup: Any = signal.SIG_DFL
         for description in config.listen:
             self._add_listener(reactor, description, implicit=False)
         for description in config.listen_implicit:
@@ -55,6 +72,44 @@ class ProxyService(MultiService):
         if config.metrics:
             site = metrics_site(metrics, self._ready_problem)
             self._add(reactor, "metrics", config.metrics, site)
+
+    def _load_server_tls(self) -> ServerTLS:
+        config = self.config
+        assert config.certificate is not None and config.private_key is not None
+        return load_server_tls(
+            config.certificate,
+            config.private_key,
+            minimum_version=config.tls_minimum_version,
+            ciphers=config.tls_ciphers,
+            client_ca=config.client_ca,
+            client_certificate=config.client_certificate,
+        )
+
+    def reload_tls(self) -> bool:
+        """Load the certificate and key again (SIGHUP); on failure keep the old ones."""
+        if self.context.server_tls is None:
+            return True
+        try:
+            fresh = self._load_server_tls()
+        except ConfigError as error:
+            log.error("TLS reload failed, keeping the current certificate: {error}", error=error)
+            return False
+        self.context.server_tls.current = fresh
+        log.info("TLS certificate reloaded from {path}", path=fresh.description)
+        return True
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = self.context.reactor
+
+        def on_sighup(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.reload_tls)  # type: ignore[attr-defined]
+
+        self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+
+    def stopService(self) -> Any:
+        signal.signal(signal.SIGHUP, self._previous_sighup)
+        return super().stopService()
 
     def _endpoint(self, reactor: Any, option: str, description: str) -> Any:
         try:

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IReactorTCP
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendConnector, BackendControl, BackendGreetingError
+from .backend import BackendConnector, BackendControl, BackendSetupError, BackendTLSError
 from .config import Config
 from .ftp import features
 from .ftp.addresses import (
@@ -50,7 +50,7 @@ from .metrics import Metrics
 from .passive import PassiveListener
 from .ports import PortAllocator
 from .relay import DataChannel, Outcome
-from .tlsconfig import ServerTLS
+from .tlsconfig import ReloadableServerTLS, ServerTLS
 
 log = Logger()
 
@@ -85,6 +85,7 @@ class ClientLink(TypingProtocol):
     peer_host: str
     local_host: str
     tls_active: bool
+    certificate_names: list[str] | None  # None: no client certificate presented
 
     def send(self, data: bytes) -> None: ...
 
@@ -101,7 +102,7 @@ class ProxyContext:
     config: Config
     metrics: Metrics
     allocator: PortAllocator
-    server_tls: ServerTLS | None
+    server_tls: ReloadableServerTLS | None
     backend: BackendConnector
     open_sessions: set[Session] = field(default_factory=set)
 
@@ -116,6 +117,10 @@ class Session:
         self.listener = listener
         self.mode = mode
         self.state = State.AWAITING_USER
+        # The TLS context this session started with; its data connections use it too.
+        self.server_tls: ServerTLS | None = (
+            context.server_tls.current if context.server_tls is not None else None
+        )
         self.user: str | None = None
         self.backend: BackendControl | None = None
         self.protect_data = False
@@ -274,6 +279,16 @@ class Session:
             self._reply(501, "USER needs a user name.")
             return
         self.user = _printable(command.text())
+        if self.config.client_certificate_user_match:
+            names = self.client.certificate_names or []
+            if command.text() not in names:
+                log.warn(
+                    "session {session} user {user} does not match the client certificate",
+                    session=self.id,
+                    user=self.user,
+                )
+                self._reply(530, "User name does not match the client certificate.")
+                return
         if self.state is State.LOGGING_IN:
             self._relay(command, on_final=self._login_result)
             return
@@ -298,12 +313,23 @@ class Session:
 
     def _backend_failed(self, reason: Failure) -> None:
         self.metrics.backend_connects_total.labels(result="failure").inc()
-        if reason.check(BackendGreetingError):
+        if reason.check(BackendTLSError):
+            why = f"backend TLS failed: {reason.value}"
+            kind = "verification" if "certificate" in str(reason.value) else "protocol"
+            if "within" in str(reason.value):
+                kind = "timeout"
+            self.metrics.tls_handshake_failures.labels(
+                side="backend", channel="control", reason=kind
+            ).inc()
+            text = "Service not available: TLS to the backend server failed."
+        elif reason.check(BackendSetupError):
             why = f"backend refused the session: {reason.value}"
+            text = "Service not available: the backend server refused the session."
         else:
             why = f"backend unreachable: {reason.getErrorMessage()}"
+            text = "Service not available: the backend server cannot be reached."
         log.warn("session {session} {why}", session=self.id, why=why)
-        self._close(421, "Service not available: the backend server cannot be reached.")
+        self._close(421, text)
 
     def _login_result(self, reply: Reply) -> None:
         if reply.code in (230, 202):
@@ -353,7 +379,7 @@ class Session:
         elif verb == "PROT":
             self._prot(argument)
         elif verb == "FEAT":
-            own = features.proxy_features(tls=self.context.server_tls is not None)
+            own = features.proxy_features(tls=self.server_tls is not None)
             if backend_ready:
                 self._request(b"FEAT\r\n", self._feat_reply)
             else:
@@ -379,7 +405,7 @@ class Session:
             self._relay(command)
 
     def _auth(self, mechanism: bytes) -> None:
-        if self.context.server_tls is None:
+        if self.server_tls is None:
             self._reply(502, "TLS is not configured on this server.")
         elif self.client.tls_active:
             self._reply(503, "TLS is already active.")
@@ -410,7 +436,7 @@ class Session:
             self._reply(504, "Unknown protection level.")
 
     def _feat_reply(self, reply: Reply) -> None:
-        own = features.proxy_features(tls=self.context.server_tls is not None)
+        own = features.proxy_features(tls=self.server_tls is not None)
         self._send(features.merge_features(own, features.backend_features(reply)))
 
     # -- passive mode -----------------------------------------------------------------------
@@ -441,7 +467,12 @@ class Session:
             self.metrics,
             self._channel_finished,
             client_tls=self.protect_data,
+            backend_tls=self.backend is not None
+            and self.backend.tls is not None
+            and self.backend.protect_data,
             connect_timeout=self.config.passive_timeout,
+            handshake_timeout=self.config.tls_handshake_timeout,
+            require_session_reuse=self.config.require_session_reuse,
         )
         listener = PassiveListener(
             self.context.reactor,
@@ -449,7 +480,7 @@ class Session:
             self.metrics,
             self.client.peer_host,
             lambda: channel.client,
-            self.context.server_tls if self.protect_data else None,
+            self.server_tls if self.protect_data else None,
         )
         if not listener.start(self.client.local_host):
             channel.abort()
@@ -511,7 +542,7 @@ class Session:
     def _connect_backend_data(self, channel: DataChannel, port: int) -> None:
         assert self.backend is not None
         # Connect to the backend control peer, never to an address in a 227 reply.
-        connecting = self.context.backend.data(self.backend.peer_host, port, channel.backend)
+        connecting = self.context.backend.data(self.backend, port, channel.backend)
         connecting.addErrback(channel.backend_connect_failed)
 
     def _drop_channel(self) -> None:
@@ -520,8 +551,8 @@ class Session:
             channel.abort()
 
     def _channel_finished(self, channel: DataChannel) -> None:
-        if self._channel is channel:
-            self._channel = None
+        if self._channel is channel and channel.refusal is None:
+            self._channel = None  # a refusal stays, to answer the transfer command
         if self._transfer is channel:
             if channel.direction is not None and channel.direction.to_client:
                 self.bytes_down += channel.bytes
@@ -537,6 +568,10 @@ class Session:
             self._reply(521, "Data connections must be protected: use PROT P.")
             return
         channel = self._channel
+        if channel is not None and channel.refusal is not None:
+            self._channel = None
+            self._reply(*channel.refusal)
+            return
         if channel is None or channel.finished:
             self._reply(425, "Use PASV or EPSV first.")
             return
@@ -567,7 +602,9 @@ class Session:
         self._transfer = None
         self._held_reply = None
         self._count_transfer(channel, reply)
-        if reply.is_success and channel.outcome is not Outcome.COMPLETE:
+        if channel.refusal is not None:
+            reply = make_reply(*channel.refusal)
+        elif reply.is_success and channel.outcome is not Outcome.COMPLETE:
             if channel.outcome is Outcome.CLIENT_FAILED and not channel.client.connected_:
                 reply = make_reply(425, "Can't open data connection.")
             else:

@@ -25,10 +25,46 @@ class Options(usage.Options):
     )
     optFlags: ClassVar[list[list[str | None]]] = [
         ["require-tls", None, "Refuse USER/PASS before AUTH TLS and transfers without PROT P."],
+        [
+            "require-session-reuse",
+            None,
+            "Refuse TLS data connections that do not resume the control connection's session.",
+        ],
+        [
+            "client-certificate-user-match",
+            None,
+            "USER must match the client certificate's CN or a subjectAltName, else 530.",
+        ],
+        ["backend-insecure", None, "Do not verify the backend's certificate (logged)."],
     ]
     optParameters: ClassVar[list[list[str | None]]] = [
         ["config", "c", None, "TOML configuration file."],
-        ["backend", "b", None, "Backend server URL: ftp://HOST:PORT."],
+        [
+            "backend",
+            "b",
+            None,
+            "Backend URL: ftp://HOST:PORT (plain), ftpes://HOST:PORT (explicit FTPS), "
+            "ftps://HOST:PORT (implicit FTPS, default port 990); IPv6 hosts in brackets.",
+        ],
+        ["backend-ca", None, None, "CA bundle to verify the backend (default: system store)."],
+        ["backend-server-name", None, None, "Name the backend certificate must carry."],
+        ["backend-client-certificate", None, None, "PEM client certificate for the backend."],
+        ["backend-client-key", None, None, "PEM key for --backend-client-certificate."],
+        ["backend-tls-max-version", None, None, "Cap TLS towards the backend: 1.2 or 1.3."],
+        [
+            "backend-data-protection",
+            None,
+            None,
+            "PROT level towards an FTPS backend: private (default) or clear.",
+        ],
+        ["client-ca", None, None, "CA bundle for client certificates."],
+        [
+            "client-certificate",
+            None,
+            None,
+            "Client certificates: none (default), optional or required.",
+        ],
+        ["tls-handshake-timeout", None, None, "Seconds a TLS handshake may take (default 10)."],
         ["certificate", None, None, "PEM certificate chain for client-facing TLS."],
         ["private-key", None, None, "PEM private key for --certificate."],
         ["tls-minimum-version", None, None, "Lowest TLS version accepted: 1.2 (default) or 1.3."],
@@ -60,7 +96,13 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         cli: dict[str, Any] = {key: self[key] for key in self if key != "config"}
-        cli["require-tls"] = True if self["require-tls"] else None
+        for flag in (
+            "require-tls",
+            "require-session-reuse",
+            "client-certificate-user-match",
+            "backend-insecure",
+        ):
+            cli[flag] = True if self[flag] else None
         try:
             file_values = load_toml(Path(self["config"])) if self["config"] else {}
             self.config = build_config(file_values, cli)

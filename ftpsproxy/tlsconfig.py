@@ -11,9 +11,10 @@ import datetime
 from pathlib import Path
 
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .errors import ConfigError
@@ -37,6 +38,31 @@ class ServerTLS:
 
     def serverConnectionForTLS(self, protocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         return SSL.Connection(self.context, None)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """Hands each new connection to the current :class:`ServerTLS`; a reload replaces it.
+
+    Sessions keep the ``ServerTLS`` they started with for their data connections,
+    so resumption keeps working across a reload.
+    """
+
+    def __init__(self, current: ServerTLS) -> None:
+        self.current = current
+
+    def serverConnectionForTLS(self, protocol: TLSMemoryBIOProtocol) -> SSL.Connection:
+        return self.current.serverConnectionForTLS(protocol)
+
+
+def failure_reason(reason: Failure) -> str:
+    """A fixed label for why a connection ended before its TLS handshake completed."""
+    if reason.check(SSL.Error):
+        text = reason.getErrorMessage()
+        return "verification" if "certificate" in text else "protocol"
+    if reason.check(TimeoutError):
+        return "timeout"
+    return "closed"
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -65,6 +91,8 @@ def load_server_tls(
     *,
     minimum_version: str = "1.2",
     ciphers: str | None = None,
+    client_ca: Path | None = None,
+    client_certificate: str = "none",
 ) -> ServerTLS:
     """Build the server context, failing with a one-line :class:`ConfigError` naming the file."""
     if minimum_version not in _VERSIONS:
@@ -101,4 +129,38 @@ def load_server_tls(
         ) from error
     context.set_session_id(_SESSION_ID_CONTEXT)
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    if client_ca is not None and client_certificate != "none":
+        _read(client_ca, "client CA")
+        try:
+            context.load_verify_locations(str(client_ca))
+            context.load_client_ca(str(client_ca).encode())
+        except SSL.Error as error:
+            raise ConfigError(f"client-ca {client_ca}: unusable: {error}") from error
+        mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+        if client_certificate == "required":
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        context.set_verify(mode, _chain_ok)
     return ServerTLS(context, f"{certificate}")
+
+
+def _chain_ok(
+    connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
+) -> bool:
+    """OpenSSL's own chain verdict: a presented client certificate must chain to client-ca."""
+    return bool(ok)
+
+
+def certificate_names(certificate: crypto.X509) -> tuple[str, list[str]]:
+    """The subject (for logs) and the names a user may match: CN, DNS and e-mail SANs."""
+    cert = certificate.to_cryptography()
+    names = [
+        str(attribute.value)
+        for attribute in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    ]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += san.get_values_for_type(x509.DNSName)
+        names += san.get_values_for_type(x509.RFC822Name)
+    except x509.ExtensionNotFound:
+        pass
+    return cert.subject.rfc4514_string(), names

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -51,9 +52,9 @@ class InMemoryBackend:
         self.pending.append(waiting)
         return waiting
 
-    def data(self, host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
+    def data(self, control: BackendControl, port: int, protocol: Protocol) -> Deferred[Protocol]:
         connected: Deferred[Protocol] = Deferred()
-        self.data_connections.append((host, port, protocol, connected))
+        self.data_connections.append((control.peer_host, port, protocol, connected))
         return connected
 
     def accept(self) -> tuple[BackendControl, StringTransport]:
@@ -82,7 +83,7 @@ class Harness:
             config=config,
             metrics=self.metrics,
             allocator=PortAllocator(41000, 41000 + ports - 1),
-            server_tls=object() if tls else None,  # type: ignore[arg-type]
+            server_tls=SimpleNamespace(current=object()) if tls else None,  # type: ignore[arg-type]
             backend=self.backend,  # type: ignore[arg-type]
         )
         self.client = FrontendProtocol(self.context, "test", "explicit" if tls else "plain")
