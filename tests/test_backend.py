@@ -76,8 +76,6 @@ def test_explicit_ftps_set_up_sequence() -> None:
     assert transport.started_with is tls
     transport.clear()
     transport.handle = NegotiatedTLS13()
-        "H", (), {"get_protocol_version_name": lambda s: "TLSv1.3"}
-    )()  # type: ignore[method-assign]
     control.handshakeCompleted()
     assert transport.value() == b"PBSZ 0\r\n"
     transport.clear()
