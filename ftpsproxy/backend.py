@@ -21,18 +21,18 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
-    IAddress,
     IHandshakeListener,
     IReactorTCP,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .backendtls import BackendSessionTLS, BackendTLSSettings
 from .config import BackendAddress
+from .factories import PrebuiltFactory
 from .ftp.errors import FTPSyntaxError
 from .ftp.replies import Reply, ReplyParser
 from .sockets import tune
@@ -232,7 +232,7 @@ class BackendConnector:
         endpoint = self._endpoint(self.address.host, self.address.port)
         if session_tls is not None and self.address.scheme == "ftps":
             endpoint = wrapClientTLS(session_tls, endpoint)
-        connected: Deferred[Protocol] = endpoint.connect(_Prebuilt(control))  # type: ignore[assignment]
+        connected: Deferred[Protocol] = endpoint.connect(PrebuiltFactory(control))  # type: ignore[assignment]
         timer = self._reactor.callLater(self.timeout, self._set_up_timed_out, control, connected)  # type: ignore[attr-defined]
 
         def done(result: object) -> object:
@@ -262,17 +262,5 @@ class BackendConnector:
         endpoint = self._endpoint(control.peer_host, port)
         if control.tls is not None and control.protect_data:
             endpoint = wrapClientTLS(control.tls.for_data(), endpoint)
-        connected: Deferred[Protocol] = endpoint.connect(_Prebuilt(protocol))  # type: ignore[assignment]
+        connected: Deferred[Protocol] = endpoint.connect(PrebuiltFactory(protocol))  # type: ignore[assignment]
         return connected
-
-
-class _Prebuilt(Factory):
-    """Connects an already-built protocol."""
-
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return self._protocol

@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP
-from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from .factories import PrebuiltFactory
 from .metrics import Metrics
 from .ports import PortAllocator
 from .tlsconfig import ServerTLS
@@ -27,7 +28,7 @@ def _host_of(address: IAddress) -> str | None:
     return host if isinstance(host, str) else None
 
 
-def _same_host(a: str, b: str) -> bool:
+def same_host(a: str, b: str) -> bool:
     """Compare addresses, treating ``::ffff:1.2.3.4`` as ``1.2.3.4``."""
     return a.removeprefix("::ffff:") == b.removeprefix("::ffff:")
 
@@ -89,7 +90,7 @@ class PassiveListener:
 
     def _accept(self, addr: IAddress) -> Protocol | None:
         host = _host_of(addr)
-        if self.accepted or host is None or not _same_host(host, self._client_host):
+        if self.accepted or host is None or not same_host(host, self._client_host):
             self._metrics.data_connections_refused.labels(reason="foreign_address").inc()
             log.warn(
                 "refused data connection from {peer} (session client {client})",
@@ -101,7 +102,7 @@ class PassiveListener:
         self._stop_listening()
         protocol = self._build()
         if self._tls is not None:
-            wrapper = TLSMemoryBIOFactory(self._tls, False, _Single(protocol))
+            wrapper = TLSMemoryBIOFactory(self._tls, False, PrebuiltFactory(protocol))
             return wrapper.buildProtocol(addr)
         return protocol
 
@@ -117,15 +118,3 @@ class PassiveListener:
             self._allocator.release(self.port)
             self.port = None
             self._metrics.passive_ports_in_use.set(self._allocator.in_use)
-
-
-class _Single(Factory):
-    """A factory that hands out one already-built protocol (for the TLS wrapper)."""
-
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        return self._protocol

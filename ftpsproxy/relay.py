@@ -174,6 +174,8 @@ class DataChannel:
         self.require_session_reuse = require_session_reuse
         # A reply the session must send instead of the backend's (code, text).
         self.refusal: tuple[int, str] | None = None
+        # Active mode: where the proxy connects to the client, instead of listening.
+        self.active_target: tuple[str, int] | None = None
         self.client = DataConnection(self, Side.CLIENT)
         self.backend = DataConnection(self, Side.BACKEND)
         self.direction: Direction | None = None
@@ -206,6 +208,10 @@ class DataChannel:
         self._bytes_counter = self._metrics.bytes_total.labels(direction=direction.value)
         self._metrics.transfers_active.inc()
         self._try_start()
+
+    def client_connect_failed(self, reason: Failure) -> None:
+        log.info("connecting to the client failed: {reason}", reason=reason.getErrorMessage())
+        self._end(Outcome.CLIENT_FAILED)
 
     def backend_connect_failed(self, reason: Failure) -> None:
         log.info("backend data connection failed: {reason}", reason=reason.getErrorMessage())

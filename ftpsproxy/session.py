@@ -21,18 +21,24 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTCP
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from .backend import BackendConnector, BackendControl, BackendSetupError, BackendTLSError
 from .config import Config
+from .factories import PrebuiltFactory
 from .ftp import features
 from .ftp.addresses import (
+    UnsupportedFamily,
     format_epsv_reply,
     format_pasv_reply,
+    parse_eprt_argument,
     parse_epsv_reply,
     parse_pasv_reply,
+    parse_port_argument,
 )
 from .ftp.errors import FTPSyntaxError
 from .ftp.lines import Command, parse_command
@@ -47,7 +53,7 @@ from .ftp.policy import (
 )
 from .ftp.replies import Reply, make_reply
 from .metrics import Metrics
-from .passive import PassiveListener
+from .passive import PassiveListener, same_host
 from .ports import PortAllocator
 from .relay import DataChannel, Outcome
 from .tlsconfig import ReloadableServerTLS, ServerTLS
@@ -348,7 +354,7 @@ class Session:
         elif handling is Handling.PASSIVE:
             self._passive(command)
         elif handling is Handling.ACTIVE:
-            self._reply(502, "Active mode is not supported by this proxy; use PASV or EPSV.")
+            self._active(command)
         elif handling is Handling.TRANSFER:
             self._start_transfer(command)
         elif handling is Handling.REFUSED:
@@ -379,7 +385,7 @@ class Session:
         elif verb == "PROT":
             self._prot(argument)
         elif verb == "FEAT":
-            own = features.proxy_features(tls=self.server_tls is not None)
+            own = features.proxy_features(tls=self.server_tls is not None, active_mode=True)
             if backend_ready:
                 self._request(b"FEAT\r\n", self._feat_reply)
             else:
@@ -436,7 +442,7 @@ class Session:
             self._reply(504, "Unknown protection level.")
 
     def _feat_reply(self, reply: Reply) -> None:
-        own = features.proxy_features(tls=self.server_tls is not None)
+        own = features.proxy_features(tls=self.server_tls is not None, active_mode=True)
         self._send(features.merge_features(own, features.backend_features(reply)))
 
     # -- passive mode -----------------------------------------------------------------------
@@ -461,19 +467,7 @@ class Session:
         if not extended and client_v6 and self.config.public_address is None:
             self._reply(425, "PASV is not available on an IPv6 connection; use EPSV.")
             return
-        self._drop_channel()
-        channel = DataChannel(
-            self.context.reactor,  # type: ignore[arg-type]
-            self.metrics,
-            self._channel_finished,
-            client_tls=self.protect_data,
-            backend_tls=self.backend is not None
-            and self.backend.tls is not None
-            and self.backend.protect_data,
-            connect_timeout=self.config.passive_timeout,
-            handshake_timeout=self.config.tls_handshake_timeout,
-            require_session_reuse=self.config.require_session_reuse,
-        )
+        channel = self._new_channel()
         listener = PassiveListener(
             self.context.reactor,
             self.context.allocator,
@@ -500,6 +494,77 @@ class Session:
                 self._send(Reply(227, (b"227 " + format_pasv_reply(host, port),)))
 
         self._backend_passive(channel, answer)
+
+    def _new_channel(self) -> DataChannel:
+        """A data channel for the next transfer, replacing any prepared one."""
+        self._drop_channel()
+        return DataChannel(
+            self.context.reactor,  # type: ignore[arg-type]
+            self.metrics,
+            self._channel_finished,
+            client_tls=self.protect_data,
+            backend_tls=self.backend is not None
+            and self.backend.tls is not None
+            and self.backend.protect_data,
+            connect_timeout=self.config.passive_timeout,
+            handshake_timeout=self.config.tls_handshake_timeout,
+            require_session_reuse=self.config.require_session_reuse,
+        )
+
+    # -- active mode (PORT / EPRT) ----------------------------------------------------------
+
+    def _active(self, command: Command) -> None:
+        if self.epsv_all:
+            self._reply(503, f"{command.verb} is not allowed after EPSV ALL.")
+            return
+        try:
+            if command.verb == "PORT":
+                target = parse_port_argument(command.argument)
+            else:
+                target = parse_eprt_argument(command.argument)
+        except UnsupportedFamily:
+            self._reply(522, "Network protocol not supported, use (1,2).")
+            return
+        except FTPSyntaxError:
+            self._reply(501, f"Syntax error in {command.verb} argument.")
+            return
+        # RFC 2577 §3: no bounce attacks. Data goes only to the client itself, never to
+        # a privileged port.
+        if not same_host(target.host, self.client.peer_host) or target.port < 1024:
+            self.metrics.data_connections_refused.labels(reason="bounce").inc()
+            log.warn(
+                "session {session} refused {verb} to {host}:{port} (client {client})",
+                session=self.id,
+                verb=command.verb,
+                host=target.host,
+                port=target.port,
+                client=self.client.peer_host,
+            )
+            self._reply(504, "Data connections go only to your own address, ports >= 1024.")
+            return
+        channel = self._new_channel()
+        channel.active_target = (target.host, target.port)
+        self._channel = channel
+        self._busy = True
+        verb = command.verb
+        self._backend_passive(channel, lambda: self._reply(200, f"{verb} command successful."))
+
+    def _connect_client_data(self, channel: DataChannel) -> None:
+        """Active mode: connect to the client; the proxy stays the TLS server (RFC 4217 §7)."""
+        assert channel.active_target is not None
+        host, port = channel.active_target
+        factory: IProtocolFactory = PrebuiltFactory(channel.client)
+        if self.protect_data and self.server_tls is not None:
+            factory = TLSMemoryBIOFactory(self.server_tls, False, factory)
+        endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        endpoint = endpoint_type(
+            self.context.reactor,
+            host,
+            port,
+            timeout=self.config.passive_timeout,
+            bindAddress=(self.client.local_host, 0),
+        )
+        endpoint.connect(factory).addErrback(channel.client_connect_failed)
 
     def _backend_passive(self, channel: DataChannel, answer: object) -> None:
         """Ask the backend for a data port (EPSV, falling back to PASV) and connect to it."""
@@ -579,6 +644,8 @@ class Session:
         self._transfer = channel
         self._held_reply = None
         channel.begin(TRANSFER_DIRECTIONS[command.verb])
+        if channel.active_target is not None:
+            self._connect_client_data(channel)
 
         def on_reply(reply: Reply) -> None:
             if self._transfer is not channel:

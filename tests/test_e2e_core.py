@@ -441,3 +441,36 @@ def test_data_connections_resume_the_control_tls_session(
         assert _retr(ftp, f"f{index}") == b"r" * 1000
     ftp.quit()
     assert ftp.reused == [True] * 6
+
+
+def test_curl_active_mode(proxied: Proxied, big_file: tuple[str, str], tmp_path: Path) -> None:
+    """PORT/EPRT from the client: the proxy connects out to the client.
+
+    Plain FTP only: Debian's curl 7.88 never starts the TLS handshake on an accepted
+    active-mode data connection, whatever the server (seen directly against pyftpdlib
+    too); ftplib covers active mode with TLS below.
+    """
+    require_tool("curl")
+    name, digest = big_file
+    url = f"ftp://{proxied.backend.user}:{proxied.backend.password}@127.0.0.1:{proxied.port}/"
+    for active in (["-P", "127.0.0.1"], ["-P", "127.0.0.1", "--disable-eprt"]):
+        out = tmp_path / "active.bin"
+        result = run_curl([*active, "-o", str(out), url + name])
+        assert result.returncode == 0, result.stderr
+        assert sha256_file(out) == digest
+        result = run_curl([*active, "-T", str(out), url + "active-up.bin"])
+        assert result.returncode == 0, result.stderr
+        assert sha256_file(proxied.backend.path("active-up.bin")) == digest
+
+
+def test_ftplib_active_mode(proxied: Proxied, big_file: tuple[str, str]) -> None:
+    """Active mode with PROT P: the proxy connects out and still acts as the TLS server."""
+    name, digest = big_file
+    ftp = proxied.ftp_tls()
+    ftp.set_pasv(False)
+    assert _sha(_retr(ftp, name)) == digest
+    ftp.storbinary("STOR act.bin", io.BytesIO(b"a" * 54321))
+    assert proxied.backend.path("act.bin").read_bytes() == b"a" * 54321
+    assert sorted(ftp.nlst()) == ["act.bin", "big.bin"]
+    ftp.quit()
+    assert proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0

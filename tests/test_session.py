@@ -153,7 +153,7 @@ def test_feat_before_login_shows_proxy_features() -> None:
     harness.replies()
     harness.send(b"FEAT\r\n")
     assert harness.replies() == (
-        b"211-Features:\r\n AUTH TLS\r\n AUTH SSL\r\n PBSZ\r\n PROT\r\n EPSV\r\n UTF8\r\n"
+        b"211-Features:\r\n AUTH TLS\r\n AUTH SSL\r\n PBSZ\r\n PROT\r\n EPSV\r\n EPRT\r\n UTF8\r\n"
         b"211 End\r\n"
     )
 
@@ -236,7 +236,7 @@ def test_feat_after_login_merges_backend_features(harness: Harness) -> None:
     harness.send(b"FEAT\r\n")
     assert harness.sent_to_backend() == b"FEAT\r\n"
     harness.backend_says(b"211-Features:\r\n SIZE\r\n EPRT\r\n MODE Z\r\n211 End\r\n")
-    assert harness.replies() == b"211-Features:\r\n EPSV\r\n UTF8\r\n SIZE\r\n211 End\r\n"
+    assert harness.replies() == b"211-Features:\r\n EPSV\r\n EPRT\r\n UTF8\r\n SIZE\r\n211 End\r\n"
 
 
 def test_malformed_backend_reply_ends_session_with_421(harness: Harness) -> None:
@@ -250,10 +250,42 @@ def test_malformed_backend_reply_ends_session_with_421(harness: Harness) -> None
 
 def test_refused_commands_never_reach_backend(harness: Harness) -> None:
     harness.login()
-    harness.send(b"CCC\r\nMODE Z\r\nPORT 127,0,0,1,4,1\r\n")
+    harness.send(b"CCC\r\nMODE Z\r\nLPSV\r\n")
     assert harness.sent_to_backend() == b""
     replies = harness.replies()
     assert replies.startswith(b"533 ") and b"\r\n504 " in replies and b"\r\n502 " in replies
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (b"PORT 127,0,0,9,100,1", b"504"),  # another host: a bounce attempt (RFC 2577)
+        (b"PORT 127,0,0,5,0,21", b"504"),  # a privileged port of the client
+        (b"EPRT |1|127.0.0.66|5000|", b"504"),
+        (b"EPRT |3|x|5000|", b"522"),
+        (b"PORT 1,2,3", b"501"),
+    ],
+)
+def test_active_mode_refusals(harness: Harness, command: bytes, code: bytes) -> None:
+    harness.login()
+    harness.send(command + b"\r\n")
+    assert harness.replies().startswith(code + b" ")
+    assert harness.sent_to_backend() == b""
+    bounces = harness.metrics.data_connections_refused.labels(reason="bounce")._value.get()
+    assert bounces == (1 if code == b"504" else 0)
+
+
+def test_active_mode_connects_to_client_on_transfer(harness: Harness) -> None:
+    harness.login()
+    harness.send(b"EPRT |1|127.0.0.5|40000|\r\n")
+    assert harness.sent_to_backend() == b"EPSV\r\n"
+    harness.backend_says(b"229 Entering Extended Passive Mode (|||30000|)\r\n")
+    assert harness.replies() == b"200 EPRT command successful.\r\n"
+    assert harness.reactor.tcpClients == []  # not before the transfer command
+    harness.send(b"RETR file\r\n")
+    host, port, _, _, bind = harness.reactor.tcpClients[-1]
+    assert (host, port, bind) == ("127.0.0.5", 40000, ("127.0.0.1", 0))
+    assert harness.sent_to_backend() == b"RETR file\r\n"
 
 
 def _passive(harness: Harness, command: bytes = b"PASV\r\n") -> tuple[int, Protocol, Any]:
