@@ -8,6 +8,7 @@ byte, with flow control still bounding memory to about this size per side.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 DATA_BUFFER_SIZE = 256 * 1024
@@ -30,3 +31,7 @@ def tune(transport: Any, *, bulk: bool = False) -> None:
     tcp.setTcpNoDelay(True)
     if bulk:
         tcp.bufferSize = DATA_BUFFER_SIZE
+    else:
+        # Clients send ABOR (or its Telnet Synch) as TCP urgent data (RFC 959 §4.1.3,
+        # ftplib's abort()): keep the urgent byte in the stream instead of losing it.
+        tcp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)

@@ -474,3 +474,37 @@ def test_ftplib_active_mode(proxied: Proxied, big_file: tuple[str, str]) -> None
     assert sorted(ftp.nlst()) == ["act.bin", "big.bin"]
     ftp.quit()
     assert proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0
+
+
+def test_rest_appe_stou_and_abort(proxied: Proxied, big_file: tuple[str, str]) -> None:
+    name, _ = big_file
+    whole = proxied.backend.path(name).read_bytes()
+    ftp = ftplib.FTP(timeout=30)  # plain control: ftplib.abort() sends Telnet IP + Synch
+    ftp.connect("127.0.0.1", proxied.port)
+    ftp.login(proxied.backend.user, proxied.backend.password)
+    ftp.voidcmd("TYPE I")
+    for offset in (1, 4096, 12_345_677, BIG - 1):
+        buffer = io.BytesIO()
+        ftp.retrbinary(f"RETR {name}", buffer.write, rest=offset)
+        assert buffer.getvalue() == whole[offset:]
+    ftp.storbinary("STOR part.bin", io.BytesIO(whole[:1000]))
+    ftp.storbinary("APPE part.bin", io.BytesIO(whole[1000:5000]))
+    assert proxied.backend.path("part.bin").read_bytes() == whole[:5000]
+    ftp.storbinary("STOR resumed.bin", io.BytesIO(whole[:3000]))
+    ftp.storbinary("STOR resumed.bin", io.BytesIO(whole[3000:9000]), rest=3000)
+    assert proxied.backend.path("resumed.bin").read_bytes() == whole[:9000]
+    conn = ftp.transfercmd("STOU")
+    conn.sendall(b"unique")
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    # ABOR in the middle of a download: the session stays usable, nothing leaks.
+    conn = ftp.transfercmd(f"RETR {name}")
+    conn.recv(65536)
+    reply = ftp.abort()  # sent as TCP urgent data: the proxy keeps it in the stream
+    conn.close()
+    assert reply.startswith("426")  # the transfer's reply, then ABOR's own (RFC 959)
+    assert ftp.voidresp().startswith(("225", "226"))
+    assert "big.bin" in ftp.nlst()
+    ftp.quit()
+    _wait_for(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
+    _wait_for(lambda: proxied.metrics()["ftpsproxy_transfers_active{}"] == 0)

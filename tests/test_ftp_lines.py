@@ -64,6 +64,11 @@ def test_telnet_interrupt_before_abor_is_removed() -> None:
     assert parse_command(b"\xff\xf4\xff\xf2ABOR").verb == "ABOR"
 
 
+def test_telnet_synch_without_its_urgent_byte() -> None:
+    # ftplib.abort() sends the DM as TCP urgent data: the stream holds IAC IP IAC ABOR.
+    assert parse_command(b"\xff\xf4\xffABOR").verb == "ABOR"
+
+
 def test_telnet_escaped_iac_is_data() -> None:
     assert strip_telnet(b"a\xff\xffb") == b"a\xffb"
     assert strip_telnet(b"a\xff\xfb\x01b") == b"ab"

@@ -76,8 +76,12 @@ def strip_telnet(line: bytes) -> bytes:
             index += 2
         elif following is not None and 251 <= following <= 254:
             index += 3  # WILL/WONT/DO/DONT carry an option byte
+        elif following is not None and following >= 240:
+            index += 2  # IP, DM, AYT, …: a two-byte command
         else:
-            index += 2
+            # A lone IAC: the byte after it was sent as TCP urgent data (the Synch's DM)
+            # and never reached the stream.
+            index += 1
     return bytes(out)
 
 
