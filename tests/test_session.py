@@ -12,6 +12,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
@@ -487,4 +489,51 @@ def test_abor_during_download_closes_data_and_relays_replies_in_order(harness: H
     assert harness.sent_to_backend() == b"PWD\r\n"  # the session goes on
     aborted = harness.metrics.transfers_total.labels(direction="download", result="aborted")
     assert aborted._value.get() == 1
+    assert harness.context.allocator.in_use == 0
+
+
+def _assert_valid_reply_stream(data: bytes) -> None:
+    """Everything sent to a client parses as complete RFC 959 replies."""
+    from ftpsproxy.ftp.replies import ReplyParser
+
+    parser = ReplyParser()
+    replies = parser.feed(data)
+    assert parser.feed(b"") == []
+    assert b"".join(reply.encode() for reply in replies) == data
+
+
+_COMMANDS = st.sampled_from(
+    [b"NOOP", b"PWD", b"PASV", b"EPSV", b"EPSV ALL", b"EPSV 2", b"PORT 127,0,0,5,200,1",
+     b"EPRT |1|127.0.0.5|5000|", b"RETR x", b"STOR y", b"LIST", b"ABOR", b"FEAT", b"AUTH TLS",
+     b"PBSZ 0", b"PROT P", b"USER a", b"PASS b", b"QUIT", b"REST 10", b"TYPE A", b"CCC",
+     b"MODE Z", b"OPTS UTF8 ON", b"\xff\xf4\xff\xf2ABOR", b"SITE x"]
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.one_of(_COMMANDS, st.binary(max_size=40)), max_size=25),
+    st.lists(st.sampled_from([b"200 ok", b"500 no", b"150 go", b"226 done", b"421 bye",
+                              b"229 (|||30000|)", b"227 (1,2,3,4,5,6)", b"211-x\r\n y\r\n211 z",
+                              b"junk", b"229 (|||0|)"]), max_size=25),
+)  # fmt: skip
+def test_random_client_lines_and_backend_replies_never_break_the_session(
+    lines: list[bytes], backend_replies: list[bytes]
+) -> None:
+    harness = Harness()
+    harness.login()
+    output = bytearray()
+    answers = iter(backend_replies)
+    for line in lines:
+        if harness.state is State.CLOSED:
+            break
+        harness.send(line + b"\r\n")
+        output += harness.replies()
+        if harness.backend_transport is not None and harness.sent_to_backend():
+            answer = next(answers, b"200 ok")
+            harness.backend_says(answer + b"\r\n")
+            output += harness.replies()
+    _assert_valid_reply_stream(bytes(output))
+    harness.client.connectionLost(Failure(ConnectionDone()))
+    assert harness.state is State.CLOSED
     assert harness.context.allocator.in_use == 0
