@@ -82,6 +82,11 @@ class BackendControl(Protocol):
     def peer_host(self) -> str:
         return str(self.transport.getPeer().host)  # type: ignore[union-attr]
 
+    @property
+    def local_host(self) -> str:
+        """Our address on the backend's network: where backend active-mode data lands."""
+        return str(self.transport.getHost().host)  # type: ignore[union-attr]
+
     def connectionMade(self) -> None:
         tune(self.transport)
 

@@ -99,6 +99,7 @@ class Config:
     backend_client_key: Path | None = None
     backend_tls_max_version: str | None = None
     backend_data_protection: str = "private"
+    backend_data_mode: str = "passive"
 
     @property
     def tls_enabled(self) -> bool:
@@ -130,6 +131,7 @@ _SCALARS: dict[str, str] = {
     "backend-client-key": "path",
     "backend-tls-max-version": "choice:1.2,1.3",
     "backend-data-protection": "choice:private,clear",
+    "backend-data-mode": "choice:passive,active",
 }
 _LISTS = ("listen", "listen-implicit")
 KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})

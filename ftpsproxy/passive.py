@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTCP
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IOpenSSLClientConnectionCreator,
+    IReactorTCP,
+)
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -33,16 +38,16 @@ def same_host(a: str, b: str) -> bool:
     return a.removeprefix("::ffff:") == b.removeprefix("::ffff:")
 
 
-class _AcceptOnce(ServerFactory):
-    """Builds the protocol for the first connection from the expected client, refuses others."""
+class _Accepting(ServerFactory):
+    """Asks its listener which protocol, if any, an incoming connection gets."""
 
     noisy = False
 
-    def __init__(self, listener: PassiveListener) -> None:
-        self._listener = listener
+    def __init__(self, accept: Callable[[IAddress], Protocol | None]) -> None:
+        self._accept = accept
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
-        return None if addr is None else self._listener._accept(addr)
+        return None if addr is None else self._accept(addr)
 
 
 class PassiveListener:
@@ -75,7 +80,7 @@ class PassiveListener:
                 break
             try:
                 self._listening = self._reactor.listenTCP(
-                    port, _AcceptOnce(self), backlog=8, interface=interface
+                    port, _Accepting(self._accept), backlog=8, interface=interface
                 )
             except CannotListenError as error:
                 # Someone else holds this port; leave it out of rotation briefly.
@@ -118,3 +123,50 @@ class PassiveListener:
             self._allocator.release(self.port)
             self.port = None
             self._metrics.passive_ports_in_use.set(self._allocator.in_use)
+
+
+class BackendDataListener:
+    """Backend active mode: an ephemeral port the backend connects to, once, from its address.
+
+    The backend stays the TLS server on its data connections (RFC 4217), so with
+    ``PROT P`` the accepted connection is wrapped as a TLS *client*.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        backend_host: str,
+        build: Callable[[], Protocol],
+        tls: IOpenSSLClientConnectionCreator | None,
+    ) -> None:
+        self._reactor = reactor
+        self._backend_host = backend_host
+        self._build = build
+        self._tls = tls
+        self._listening: IListeningPort | None = None
+        self.accepted = False
+
+    def start(self, interface: str) -> tuple[str, int]:
+        """Listen on *interface*; returns the (host, port) to announce to the backend."""
+        self._listening = self._reactor.listenTCP(0, _Accepting(self._accept), 1, interface)
+        address = self._listening.getHost()
+        return interface, int(address.port)  # type: ignore[attr-defined]
+
+    def _accept(self, addr: IAddress) -> Protocol | None:
+        host = _host_of(addr)
+        if self.accepted or host is None or not same_host(host, self._backend_host):
+            log.warn("refused backend data connection from {peer}", peer=host)
+            return None
+        self.accepted = True
+        self.close()
+        protocol = self._build()
+        if self._tls is not None:
+            return TLSMemoryBIOFactory(self._tls, True, PrebuiltFactory(protocol)).buildProtocol(
+                addr
+            )
+        return protocol
+
+    def close(self) -> None:
+        if self._listening is not None:
+            listening, self._listening = self._listening, None
+            listening.stopListening()

@@ -18,10 +18,12 @@ import ipaddress
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IReactorTCP
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -33,8 +35,10 @@ from .factories import PrebuiltFactory
 from .ftp import features
 from .ftp.addresses import (
     UnsupportedFamily,
+    format_eprt_argument,
     format_epsv_reply,
     format_pasv_reply,
+    format_port_argument,
     parse_eprt_argument,
     parse_epsv_reply,
     parse_pasv_reply,
@@ -53,7 +57,7 @@ from .ftp.policy import (
 )
 from .ftp.replies import Reply, make_reply
 from .metrics import Metrics
-from .passive import PassiveListener, same_host
+from .passive import BackendDataListener, PassiveListener, same_host
 from .ports import PortAllocator
 from .relay import DataChannel, Outcome
 from .tlsconfig import ReloadableServerTLS, ServerTLS
@@ -133,6 +137,7 @@ class Session:
         self.pbsz_seen = False
         self.epsv_all = False
         self._backend_epsv = True
+        self._backend_eprt = True
         self._queue: deque[bytes] = deque()
         self._busy = False
         self._draining = False
@@ -566,14 +571,21 @@ class Session:
         )
         endpoint.connect(factory).addErrback(channel.client_connect_failed)
 
-    def _backend_passive(self, channel: DataChannel, answer: object) -> None:
-        """Ask the backend for a data port (EPSV, falling back to PASV) and connect to it."""
+    def _backend_passive(self, channel: DataChannel, answer: Callable[[], None]) -> None:
+        """Prepare the backend side of *channel*, then *answer* the client.
+
+        Passive (default): ask the backend for a port (EPSV, falling back to PASV) and
+        connect to it.  Active (``backend-data-mode = active``): listen on the address
+        the backend control connection uses, and tell the backend with EPRT/PORT.
+        """
+        if self.config.backend_data_mode == "active":
+            self._backend_active(channel, answer)
+            return
         use_epsv = self._backend_epsv
 
         def on_reply(reply: Reply) -> None:
             nonlocal use_epsv
-            if self.state is State.CLOSED or channel.finished:
-                self._done()
+            if self._backend_data_failed(channel, None):
                 return
             try:
                 if use_epsv and reply.code == 229:
@@ -587,22 +599,74 @@ class Session:
                 else:
                     raise FTPSyntaxError(f"backend answered {reply.code}")
             except FTPSyntaxError as error:
-                log.warn(
-                    "session {session} backend passive mode failed: {error}",
-                    session=self.id,
-                    error=error,
-                )
-                channel.abort()
-                if self._channel is channel:
-                    self._channel = None
-                self._reply(425, "Can't open data connection: backend refused passive mode.")
-                self._done()
+                self._backend_data_failed(channel, str(error))
                 return
             self._connect_backend_data(channel, port)
-            answer()  # type: ignore[operator]
+            answer()
             self._done()
 
         self._request(b"EPSV\r\n" if use_epsv else b"PASV\r\n", on_reply, raw=True)
+
+    def _backend_data_failed(self, channel: DataChannel, error: str | None) -> bool:
+        """End a PASV/EPSV/PORT/EPRT whose backend side failed (*error*) or whose channel
+        ended meanwhile; True when the command has been answered."""
+        if self.state is State.CLOSED:
+            self._done()
+            return True
+        if error is None and not channel.finished:
+            return False
+        log.warn(
+            "session {session} backend data connection set-up failed: {error}",
+            session=self.id,
+            error=error or "data channel ended",
+        )
+        channel.abort()
+        if self._channel is channel:
+            self._channel = None
+        self._reply(425, "Can't open data connection: the backend refused it.")
+        self._done()
+        return True
+
+    def _backend_active(self, channel: DataChannel, answer: Callable[[], None]) -> None:
+        assert self.backend is not None
+        creator = None
+        if self.backend.tls is not None and self.backend.protect_data:
+            creator = self.backend.tls.for_data()
+        listener = BackendDataListener(
+            self.context.reactor, self.backend.peer_host, lambda: channel.backend, creator
+        )
+        try:
+            host, port = listener.start(self.backend.local_host)
+        except CannotListenError as error:
+            self._backend_data_failed(channel, f"cannot listen for the backend: {error}")
+            return
+        channel.on_close(listener.close)
+        use_eprt = self._backend_eprt
+
+        def on_reply(reply: Reply) -> None:
+            nonlocal use_eprt
+            if self._backend_data_failed(channel, None):
+                return
+            if reply.code // 100 == 2:
+                answer()
+                self._done()
+            elif use_eprt and reply.code in (500, 501, 502, 504, 522) and ":" not in host:
+                self._backend_eprt = use_eprt = False
+                self._request(
+                    b"PORT " + format_port_argument(host, port) + b"\r\n", on_reply, raw=True
+                )
+            else:
+                self._backend_data_failed(channel, f"backend answered {reply.code}")
+
+        try:
+            if use_eprt:
+                line = b"EPRT " + format_eprt_argument(host, port) + b"\r\n"
+            else:
+                line = b"PORT " + format_port_argument(host, port) + b"\r\n"
+        except (FTPSyntaxError, ValueError) as error:
+            self._backend_data_failed(channel, f"cannot announce {host}:{port}: {error}")
+            return
+        self._request(line, on_reply, raw=True)
 
     def _connect_backend_data(self, channel: DataChannel, port: int) -> None:
         assert self.backend is not None

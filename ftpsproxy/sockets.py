@@ -11,15 +11,20 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from twisted.protocols.policies import ProtocolWrapper
+
 DATA_BUFFER_SIZE = 256 * 1024
 
 
 def _socket_transport(transport: Any) -> Any:
-    """The TCP transport under any TLS wrappers (``TLSMemoryBIOProtocol`` has ``.transport``)."""
+    """The TCP transport under any TLS wrapper (a ``ProtocolWrapper`` with ``.transport``)."""
     for _ in range(4):
-        if transport is None or hasattr(transport, "setTcpNoDelay"):
+        if isinstance(transport, ProtocolWrapper):
+            transport = transport.transport
+        elif hasattr(transport, "setTcpNoDelay") and hasattr(transport, "socket"):
             return transport
-        transport = getattr(transport, "transport", None)
+        else:
+            return None
     return None
 
 
@@ -34,4 +39,4 @@ def tune(transport: Any, *, bulk: bool = False) -> None:
     else:
         # Clients send ABOR (or its Telnet Synch) as TCP urgent data (RFC 959 §4.1.3,
         # ftplib's abort()): keep the urgent byte in the stream instead of losing it.
-        tcp.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)

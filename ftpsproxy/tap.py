@@ -57,6 +57,13 @@ class Options(usage.Options):
             None,
             "PROT level towards an FTPS backend: private (default) or clear.",
         ],
+        [
+            "backend-data-mode",
+            None,
+            None,
+            "Data connections to the backend: passive (default: EPSV, then PASV) or active "
+            "(EPRT/PORT to the proxy, for backends that only allow active mode).",
+        ],
         ["client-ca", None, None, "CA bundle for client certificates."],
         [
             "client-certificate",

@@ -305,3 +305,21 @@ def _ftp_with_cert_at(port: int, ca: Path) -> ftplib.FTP_TLS:
     ftp = ftplib.FTP_TLS(context=client_context(ca), timeout=30)
     ftp.connect("127.0.0.1", port)
     return ftp
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_backend_active_mode(
+    make_proxy: MakeProxy, make_backend: Callable[..., PyftpdBackend], pki: Pki, tls: bool
+) -> None:
+    """For backends that only allow active mode: the proxy sends EPRT/PORT to the backend."""
+    backend = _tls_backend(make_backend, pki) if tls else make_backend()
+    digest = make_random_file(backend.path("big.bin"), SIZE)
+    url = _url(backend) if tls else backend.url
+    extra = ["--backend-ca", str(pki.ca_cert)] if tls else []
+    proxied = _proxy_to(make_proxy, backend, pki, url, "--backend-data-mode", "active", *extra)
+    ftp = proxied.ftp_tls()
+    assert _sha(_retr(ftp, "big.bin")) == digest
+    ftp.storbinary("STOR back.bin", io.BytesIO(b"b" * 300_000))
+    assert sorted(ftp.nlst()) == ["back.bin", "big.bin"]
+    ftp.quit()
+    assert backend.path("back.bin").read_bytes() == b"b" * 300_000

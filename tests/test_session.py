@@ -42,6 +42,16 @@ class TLSCapableTransport(StringTransport):
         self.tls_started = True
 
 
+class EphemeralPortReactor(MemoryReactorClock):
+    """Like the kernel, gives ``listenTCP(0, …)`` a real-looking port number."""
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        listening = super().listenTCP(port, factory, backlog, interface)
+        if port == 0:
+            listening._hostAddress = IPv4Address("TCP", interface or "0.0.0.0", 50123)
+        return listening
+
+
 class InMemoryBackend:
     """Stands in for ``BackendConnector``: each connection is a StringTransport we control."""
 
@@ -69,8 +79,10 @@ class InMemoryBackend:
 
 
 class Harness:
-    def __init__(self, *, tls: bool = False, require_tls: bool = False, ports: int = 2) -> None:
-        self.reactor = MemoryReactorClock()
+    def __init__(
+        self, *, tls: bool = False, require_tls: bool = False, ports: int = 2, **settings: Any
+    ) -> None:
+        self.reactor = EphemeralPortReactor()
         self.backend = InMemoryBackend()
         config = Config(
             backend=parse_backend_url("ftp://127.0.0.1:2100"),
@@ -78,7 +90,7 @@ class Harness:
             passive_ports=PortRange(41000, 41000 + ports - 1),
             public_address="192.0.2.1",
         )
-        config = replace(config, require_tls=require_tls)
+        config = replace(config, require_tls=require_tls, **settings)
         self.metrics = Metrics()
         self.context = ProxyContext(
             reactor=self.reactor,
@@ -537,3 +549,17 @@ def test_random_client_lines_and_backend_replies_never_break_the_session(
     harness.client.connectionLost(Failure(ConnectionDone()))
     assert harness.state is State.CLOSED
     assert harness.context.allocator.in_use == 0
+
+
+def test_backend_active_mode_sends_eprt_then_port_fallback() -> None:
+    harness = Harness(backend_data_mode="active")
+    harness.login()
+    assert harness.backend_transport is not None
+    harness.send(b"PASV\r\n")
+    assert harness.sent_to_backend() == b"EPRT |1|10.0.0.1|50123|\r\n"  # the backend-side address
+    harness.backend_says(b"500 EPRT not understood\r\n")
+    assert harness.sent_to_backend() == b"PORT 10,0,0,1,195,203\r\n"
+    harness.backend_says(b"200 PORT ok\r\n")
+    assert harness.replies().startswith(b"227 ")
+    listening = [server for server in harness.reactor.tcpServers if server[0] == 0]
+    assert len(listening) == 1  # an ephemeral port on the backend side, not the passive range
