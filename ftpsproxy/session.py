@@ -136,6 +136,7 @@ class Session:
         self.protect_data = False
         self.pbsz_seen = False
         self.epsv_all = False
+        self.virtual_host: Command | None = None
         self._backend_epsv = True
         self._backend_eprt = True
         self._queue: deque[bytes] = deque()
@@ -268,6 +269,8 @@ class Session:
                 self._reply(530, "TLS required: use AUTH TLS before logging in.")
             else:
                 self._relay(command, on_final=self._login_result)
+        elif verb == "HOST":
+            self._host(command)
         elif verb == "ACCT" and self.state is State.LOGGING_IN:
             self._relay(command, on_final=self._login_result)
         elif verb in ("AUTH", "PBSZ", "PROT", "FEAT", "OPTS", "NOOP", "SYST", "QUIT"):
@@ -278,6 +281,16 @@ class Session:
             self._reply(502, f"{verb} not available before login.")
         else:
             self._reply(530, "Please login with USER and PASS.")
+
+    def _host(self, command: Command) -> None:
+        """RFC 7151: the virtual host, before USER; passed on to the backend before USER."""
+        if self.state is not State.AWAITING_USER:
+            self._reply(503, "HOST must come before USER.")
+        elif not command.has_argument:
+            self._reply(501, "HOST needs a host name.")
+        else:
+            self.virtual_host = command
+            self._reply(220, "HOST accepted.")
 
     def _tls_refused(self) -> bool:
         return self.config.require_tls and not self.client.tls_active
@@ -320,6 +333,14 @@ class Session:
         backend.on_unsolicited = self._backend_unsolicited
         self._goto(State.LOGGING_IN)
         self._busy = False
+        if self.virtual_host is not None:
+            # Backends without HOST answer 500/502: the login goes on regardless.
+            self._request(
+                self.virtual_host.encode(),
+                lambda reply: self._relay(user, on_final=self._login_result),
+                raw=True,
+            )
+            return
         self._relay(user, on_final=self._login_result)
 
     def _backend_failed(self, reason: Failure) -> None:

@@ -563,3 +563,15 @@ def test_backend_active_mode_sends_eprt_then_port_fallback() -> None:
     assert harness.replies().startswith(b"227 ")
     listening = [server for server in harness.reactor.tcpServers if server[0] == 0]
     assert len(listening) == 1  # an ephemeral port on the backend side, not the passive range
+
+
+def test_host_is_answered_then_sent_to_backend_before_user(harness: Harness) -> None:
+    harness.replies()
+    harness.send(b"HOST ftp.example.org\r\nUSER demo\r\n")
+    assert harness.replies() == b"220 HOST accepted.\r\n"
+    harness.control, harness.backend_transport = harness.backend.accept()
+    assert harness.sent_to_backend() == b"HOST ftp.example.org\r\n"
+    harness.backend_says(b"502 HOST not implemented\r\n")
+    assert harness.sent_to_backend() == b"USER demo\r\n"
+    harness.backend_says(b"331 Password required\r\n")
+    assert harness.replies() == b"331 Password required\r\n"  # the 502 stays between us
