@@ -21,8 +21,10 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IHandshakeListener,
     IReactorTCP,
+    IReactorTime,
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
@@ -77,6 +79,9 @@ class BackendControl(Protocol):
         self.on_lost: Callable[[str], None] = lambda why: None
         self.closing = False
         self.tls_version: str | None = None
+        self._clock: IReactorTime | None = None
+        self._reply_timeout = 60.0
+        self._reply_timer: IDelayedCall | None = None
 
     @property
     def peer_host(self) -> str:
@@ -90,9 +95,39 @@ class BackendControl(Protocol):
     def connectionMade(self) -> None:
         tune(self.transport)
 
+    def watch_replies(self, clock: IReactorTime, timeout: float) -> None:
+        """From now on, a command unanswered for *timeout* seconds ends the connection.
+
+        Only the first reply is bounded: after a 1xx the final reply of a transfer may
+        rightly take as long as the transfer.
+        """
+        self._clock = clock
+        self._reply_timeout = timeout
+
+    def _arm_reply_timer(self) -> None:
+        if self._clock is None:
+            return
+        if self._reply_timer is None or not self._reply_timer.active():
+            self._reply_timer = self._clock.callLater(self._reply_timeout, self._reply_timed_out)
+        else:
+            self._reply_timer.reset(self._reply_timeout)
+
+    def _disarm_reply_timer(self) -> None:
+        if self._reply_timer is not None and self._reply_timer.active():
+            self._reply_timer.cancel()
+        self._reply_timer = None
+
+    def _reply_timed_out(self) -> None:
+        self._reply_timer = None
+        why = f"no reply from the backend within {self._reply_timeout:g}s"
+        log.warn("{why}", why=why)
+        self.on_lost(why)
+        self.abort()
+
     def request(self, line: bytes, handler: ReplyHandler) -> None:
         """Send one command line (CRLF included) and route its replies to *handler*."""
         self._waiting.append(handler)
+        self._arm_reply_timer()
         self.transport.write(line)  # type: ignore[union-attr]
 
     def close(self) -> None:
@@ -137,6 +172,10 @@ class BackendControl(Protocol):
         handler = self._waiting[0]
         if not reply.is_preliminary:
             self._waiting.popleft()
+        if reply.is_preliminary or not self._waiting:
+            self._disarm_reply_timer()
+        else:
+            self._arm_reply_timer()
         handler(reply)
 
     # -- FTPS set-up (RFC 4217 §4-§9) ---------------------------------------------------------
@@ -180,6 +219,7 @@ class BackendControl(Protocol):
             self.abort()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._disarm_reply_timer()
         if not self._is_ready and not self.ready.called:
             if self.tls is not None and self.tls.failure is not None:
                 self._fail(BackendTLSError(self.tls.failure))

@@ -100,6 +100,11 @@ class Config:
     backend_tls_max_version: str | None = None
     backend_data_protection: str = "private"
     backend_data_mode: str = "passive"
+    max_sessions: int = 1000
+    max_sessions_per_ip: int = 50
+    login_timeout: float = 60.0
+    idle_timeout: float = 900.0
+    backend_reply_timeout: float = 60.0
 
     @property
     def tls_enabled(self) -> bool:
@@ -132,6 +137,11 @@ _SCALARS: dict[str, str] = {
     "backend-tls-max-version": "choice:1.2,1.3",
     "backend-data-protection": "choice:private,clear",
     "backend-data-mode": "choice:passive,active",
+    "max-sessions": "count",
+    "max-sessions-per-ip": "count",
+    "login-timeout": "seconds",
+    "idle-timeout": "seconds",
+    "backend-reply-timeout": "seconds",
 }
 _LISTS = ("listen", "listen-implicit")
 KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})
@@ -146,6 +156,14 @@ def _convert(key: str, kind: str, value: Any) -> Any:
         raise ConfigError(f"{key}: expected a string or number, got {value!r}")
     if kind == "path":
         return Path(str(value))
+    if kind == "count":
+        try:
+            count = int(value)
+        except ValueError as error:
+            raise ConfigError(f"{key}: {value!r} is not a whole number") from error
+        if count < 1 or count != float(value):
+            raise ConfigError(f"{key}: {value!r} must be a whole number >= 1")
+        return count
     if kind.startswith("choice:"):
         choices = kind.removeprefix("choice:").split(",")
         if str(value) not in choices:

@@ -54,6 +54,13 @@ class FrontendProtocol(Protocol):
         tune(self.transport)
         if self._tls_started:
             self._start_handshake_timer()
+        refusal = self._context.admission_refusal(self.peer_host)
+        if refusal is not None:
+            log.warn("refused a session from {client}: {why}", client=self.peer_host, why=refusal)
+            self._context.metrics.sessions_refused.labels(reason="limit").inc()
+            self.transport.write(b"421 " + refusal.encode() + b"\r\n")  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
         mode = "explicit" if self._mode == "plain" and self._context.server_tls else self._mode
         self.session = Session(self._context, self, listener=self._listener, mode=mode)
         self.session.start()

@@ -36,6 +36,12 @@ class Metrics:
             ["listener", "mode"],
             registry=r,
         )
+        self.sessions_refused = Counter(
+            "ftpsproxy_sessions_refused",
+            "Connections refused with 421 before a session started, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.logins_total = Counter(
             "ftpsproxy_logins", "Login attempts relayed, by result.", ["result"], registry=r
         )

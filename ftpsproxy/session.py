@@ -17,14 +17,14 @@ import enum
 import ipaddress
 import itertools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory, IReactorTCP
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTCP
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -115,6 +115,15 @@ class ProxyContext:
     server_tls: ReloadableServerTLS | None
     backend: BackendConnector
     open_sessions: set[Session] = field(default_factory=set)
+    sessions_per_ip: Counter[str] = field(default_factory=Counter)
+
+    def admission_refusal(self, client_host: str) -> str | None:
+        """Why a new connection from *client_host* must be refused (421), if it must."""
+        if len(self.open_sessions) >= self.config.max_sessions:
+            return "Too many sessions; try again later."
+        if self.sessions_per_ip[client_host] >= self.config.max_sessions_per_ip:
+            return "Too many sessions from your address."
+        return None
 
 
 class Session:
@@ -147,6 +156,8 @@ class Session:
         self._held_reply: Reply | None = None
         self._aborting = False  # the client sent ABOR during the running transfer
         self._started = time.monotonic()
+        self._login_timer: IDelayedCall | None = None
+        self._idle_timer: IDelayedCall | None = None
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -159,6 +170,14 @@ class Session:
 
     def start(self) -> None:
         self.context.open_sessions.add(self)
+        self.context.sessions_per_ip[self.client.peer_host] += 1
+        clock = self.context.reactor
+        self._login_timer = clock.callLater(  # type: ignore[attr-defined]
+            self.config.login_timeout, self._timed_out, "Login timeout."
+        )
+        self._idle_timer = clock.callLater(  # type: ignore[attr-defined]
+            self.config.idle_timeout, self._timed_out, "Idle timeout."
+        )
         self.metrics.sessions_total.labels(listener=self.listener, mode=self.mode).inc()
         self.metrics.sessions_active.labels(listener=self.listener, mode=self.mode).inc()
         log.info(
@@ -168,6 +187,21 @@ class Session:
             mode=self.mode,
         )
         self._reply(220, "ftpsproxy ready.")
+
+    def _timed_out(self, text: str) -> None:
+        if text.startswith("Idle") and (self._transfer is not None or self._busy):
+            # A transfer, or a command the backend is working on, is not idleness.
+            self._idle_timer = self.context.reactor.callLater(  # type: ignore[attr-defined]
+                self.config.idle_timeout, self._timed_out, text
+            )
+            return
+        log.info("session {session} {why}", session=self.id, why=text.lower())
+        self._close(421, text)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._login_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
 
     def client_lost(self) -> None:
         self._shutdown("client closed the connection")
@@ -183,6 +217,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self._goto(State.CLOSED)
+        self._cancel_timers()
         self._queue.clear()
         for channel in (self._channel, self._transfer):
             if channel is not None:
@@ -192,6 +227,9 @@ class Session:
             self.backend.close()
         self.client.close()
         self.context.open_sessions.discard(self)
+        self.context.sessions_per_ip[self.client.peer_host] -= 1
+        if self.context.sessions_per_ip[self.client.peer_host] <= 0:
+            del self.context.sessions_per_ip[self.client.peer_host]
         self.metrics.sessions_active.labels(listener=self.listener, mode=self.mode).dec()
         duration = time.monotonic() - self._started
         self.metrics.session_duration.observe(duration)
@@ -213,6 +251,8 @@ class Session:
     def client_line(self, line: bytes) -> None:
         if self.state is State.CLOSED:
             return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.config.idle_timeout)
         if self._busy:
             if self._transfer is not None and _is_abort(line):
                 self._abort_transfer()
@@ -329,6 +369,7 @@ class Session:
             backend.close()
             return
         self.backend = backend
+        backend.watch_replies(self.context.reactor, self.config.backend_reply_timeout)  # type: ignore[arg-type]
         backend.on_lost = self._backend_lost
         backend.on_unsolicited = self._backend_unsolicited
         self._goto(State.LOGGING_IN)
@@ -368,6 +409,8 @@ class Session:
             self.metrics.logins_total.labels(result="success").inc()
             if self.state is State.LOGGING_IN:
                 self._goto(State.READY)
+                if self._login_timer is not None and self._login_timer.active():
+                    self._login_timer.cancel()
         elif reply.code == 530:
             self.metrics.logins_total.labels(result="failure").inc()
 
@@ -741,8 +784,8 @@ class Session:
                 return
             self._held_reply = reply
             if reply.is_error:
-                channel.abort()
-            if reply.is_error or channel.reported:
+                channel.abort()  # may end the transfer at once (nothing was connected)
+            if self._transfer is channel and (reply.is_error or channel.reported):
                 self._finish_transfer()
 
         self._request(command.encode(), on_reply, raw=True)

@@ -575,3 +575,63 @@ def test_host_is_answered_then_sent_to_backend_before_user(harness: Harness) -> 
     assert harness.sent_to_backend() == b"USER demo\r\n"
     harness.backend_says(b"331 Password required\r\n")
     assert harness.replies() == b"331 Password required\r\n"  # the 502 stays between us
+
+
+def test_login_timeout_holds_even_for_a_dribbling_client() -> None:
+    harness = Harness(login_timeout=30.0)
+    harness.replies()
+    for _ in range(40):  # one byte a second: never a full line
+        harness.send(b"N")
+        harness.reactor.advance(1)
+    assert harness.replies() == b"421 Login timeout.\r\n"
+    assert harness.state is State.CLOSED
+
+
+def test_idle_timeout_after_login_but_not_during_a_transfer() -> None:
+    harness = Harness(idle_timeout=100.0)
+    harness.login()
+    harness.reactor.advance(99)
+    harness.send(b"NOOP\r\n")
+    assert harness.sent_to_backend() == b"NOOP\r\n"
+    harness.backend_says(b"200 ok\r\n")
+    harness.reactor.advance(99)
+    assert harness.state is State.READY  # each command resets the clock
+    _, backend_data, factory = _passive(harness)
+    client_data, _ = _connect_data(harness, factory, backend_data)
+    harness.send(b"RETR big\r\n")
+    harness.backend_says(b"150 go\r\n")
+    harness.reactor.advance(500)  # a long transfer is not idleness
+    assert harness.state is State.READY
+    backend_data.connectionLost(Failure(ConnectionDone()))
+    client_data.connectionLost(Failure(ConnectionDone()))
+    harness.backend_says(b"226 done\r\n")
+    harness.replies()
+    harness.reactor.advance(101)
+    assert harness.replies() == b"421 Idle timeout.\r\n"
+
+
+def test_backend_that_never_answers_gives_421() -> None:
+    harness = Harness(backend_reply_timeout=20.0)
+    harness.login()
+    harness.send(b"PWD\r\n")
+    harness.reactor.advance(21)
+    assert harness.replies().startswith(b"421 ")
+    assert harness.state is State.CLOSED
+
+
+def test_sessions_over_the_per_ip_limit_get_421() -> None:
+    harness = Harness(max_sessions_per_ip=2)
+    second = FrontendProtocol(harness.context, "test", "plain")
+    second.makeConnection(StringTransport(hostAddress=PROXY, peerAddress=CLIENT))
+    third_transport = StringTransport(hostAddress=PROXY, peerAddress=CLIENT)
+    third = FrontendProtocol(harness.context, "test", "plain")
+    third.makeConnection(third_transport)
+    assert third_transport.value() == b"421 Too many sessions from your address.\r\n"
+    assert third_transport.disconnecting and third.session is None
+    other = StringTransport(hostAddress=PROXY, peerAddress=IPv4Address("TCP", "127.0.0.9", 1))
+    FrontendProtocol(harness.context, "test", "plain").makeConnection(other)
+    assert other.value().startswith(b"220 ")
+    harness.client.connectionLost(Failure(ConnectionDone()))
+    fourth_transport = StringTransport(hostAddress=PROXY, peerAddress=CLIENT)
+    FrontendProtocol(harness.context, "test", "plain").makeConnection(fourth_transport)
+    assert fourth_transport.value().startswith(b"220 ")
