@@ -105,6 +105,7 @@ class Config:
     login_timeout: float = 60.0
     idle_timeout: float = 900.0
     backend_reply_timeout: float = 60.0
+    drain_timeout: float = 30.0
 
     @property
     def tls_enabled(self) -> bool:
@@ -142,6 +143,7 @@ _SCALARS: dict[str, str] = {
     "login-timeout": "seconds",
     "idle-timeout": "seconds",
     "backend-reply-timeout": "seconds",
+    "drain-timeout": "seconds",
 }
 _LISTS = ("listen", "listen-implicit")
 KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})

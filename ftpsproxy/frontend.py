@@ -67,7 +67,7 @@ class FrontendProtocol(Protocol):
 
     def _start_handshake_timer(self) -> None:
         reactor = self._context.reactor
-        self._handshake_timer = reactor.callLater(  # type: ignore[attr-defined]
+        self._handshake_timer = reactor.callLater(
             self._context.config.tls_handshake_timeout, self._handshake_timed_out
         )
 

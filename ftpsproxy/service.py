@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -65,6 +66,8 @@ class ProxyService(MultiService):
         )
         self._listeners: list[StreamServerEndpointService] = []
         self._previous_sighup: Any = signal.SIG_DFL
+        self._previous_sigterm: Any = signal.SIG_DFL
+        self._terminating = False
         for description in config.listen:
             self._add_listener(reactor, description, implicit=False)
         for description in config.listen_implicit:
@@ -103,13 +106,52 @@ class ProxyService(MultiService):
         reactor = self.context.reactor
 
         def on_sighup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self.reload_tls)  # type: ignore[attr-defined]
+            reactor.callFromThread(self.reload_tls)
 
-        self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+        def on_sigterm(signum: int, frame: object) -> None:
+            # A graceful stop is a normal exit (0): twistd would re-raise the signal.
+            reactor.callFromThread(self._terminate)
 
-    def stopService(self) -> Any:
+        def install() -> None:
+            # After the reactor's own handlers, which would otherwise replace ours.
+            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+        reactor.callWhenRunning(reactor.callLater, 0, install)
+
+    def _terminate(self) -> None:
+        if self._terminating:
+            log.info("SIGTERM again: still draining")
+            return
+        self._terminating = True
+        log.info("SIGTERM: draining sessions for up to {s}s", s=self.config.drain_timeout)
+        self.context.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, let running commands and transfers finish, then close the rest."""
         signal.signal(signal.SIGHUP, self._previous_sighup)
-        return super().stopService()
+        stopped: Deferred[None] = maybeDeferred(super().stopService)
+        return stopped.addCallback(lambda _: self._drain())
+
+    def _drain(self) -> Deferred[None]:
+        sessions = self.context.open_sessions
+        for session in list(sessions):
+            session.drain()
+        reactor = self.context.reactor
+        deadline = reactor.seconds() + self.config.drain_timeout
+        drained: Deferred[None] = Deferred()
+
+        def check() -> None:
+            if sessions and reactor.seconds() < deadline:
+                reactor.callLater(0.1, check)
+                return
+            for session in list(sessions):
+                session.force_close()
+            # Let the final replies and TLS close_notify go out before the reactor stops.
+            reactor.callLater(0.2, drained.callback, None)
+
+        check()
+        return drained
 
     def _endpoint(self, reactor: Any, option: str, description: str) -> Any:
         try:

@@ -20,11 +20,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTCP
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -108,7 +109,7 @@ class ClientLink(TypingProtocol):
 class ProxyContext:
     """What all sessions of a service share."""
 
-    reactor: IReactorTCP
+    reactor: Any  # provides IReactorTCP and IReactorTime
     config: Config
     metrics: Metrics
     allocator: PortAllocator
@@ -146,6 +147,7 @@ class Session:
         self.pbsz_seen = False
         self.epsv_all = False
         self.virtual_host: Command | None = None
+        self._draining_service = False
         self._backend_epsv = True
         self._backend_eprt = True
         self._queue: deque[bytes] = deque()
@@ -172,10 +174,10 @@ class Session:
         self.context.open_sessions.add(self)
         self.context.sessions_per_ip[self.client.peer_host] += 1
         clock = self.context.reactor
-        self._login_timer = clock.callLater(  # type: ignore[attr-defined]
+        self._login_timer = clock.callLater(
             self.config.login_timeout, self._timed_out, "Login timeout."
         )
-        self._idle_timer = clock.callLater(  # type: ignore[attr-defined]
+        self._idle_timer = clock.callLater(
             self.config.idle_timeout, self._timed_out, "Idle timeout."
         )
         self.metrics.sessions_total.labels(listener=self.listener, mode=self.mode).inc()
@@ -191,12 +193,21 @@ class Session:
     def _timed_out(self, text: str) -> None:
         if text.startswith("Idle") and (self._transfer is not None or self._busy):
             # A transfer, or a command the backend is working on, is not idleness.
-            self._idle_timer = self.context.reactor.callLater(  # type: ignore[attr-defined]
+            self._idle_timer = self.context.reactor.callLater(
                 self.config.idle_timeout, self._timed_out, text
             )
             return
         log.info("session {session} {why}", session=self.id, why=text.lower())
         self._close(421, text)
+
+    def drain(self) -> None:
+        """The proxy is stopping: end now if idle, else right after the running command."""
+        self._draining_service = True
+        if not self._busy and self._transfer is None:
+            self._close(421, "Service shutting down.")
+
+    def force_close(self) -> None:
+        self._close(421, "Service shutting down.")
 
     def _cancel_timers(self) -> None:
         for timer in (self._login_timer, self._idle_timer):
@@ -281,6 +292,9 @@ class Session:
     def _done(self) -> None:
         """The command in flight has its final reply: run what the client pipelined."""
         self._busy = False
+        if self._draining_service and self._transfer is None:
+            self._close(421, "Service shutting down.")
+            return
         self._drain()
 
     def _execute(self, line: bytes) -> None:
@@ -369,7 +383,7 @@ class Session:
             backend.close()
             return
         self.backend = backend
-        backend.watch_replies(self.context.reactor, self.config.backend_reply_timeout)  # type: ignore[arg-type]
+        backend.watch_replies(self.context.reactor, self.config.backend_reply_timeout)
         backend.on_lost = self._backend_lost
         backend.on_unsolicited = self._backend_unsolicited
         self._goto(State.LOGGING_IN)
@@ -568,7 +582,7 @@ class Session:
         """A data channel for the next transfer, replacing any prepared one."""
         self._drop_channel()
         return DataChannel(
-            self.context.reactor,  # type: ignore[arg-type]
+            self.context.reactor,
             self.metrics,
             self._channel_finished,
             client_tls=self.protect_data,

@@ -72,6 +72,12 @@ class Options(usage.Options):
             "Client certificates: none (default), optional or required.",
         ],
         ["tls-handshake-timeout", None, None, "Seconds a TLS handshake may take (default 10)."],
+        [
+            "drain-timeout",
+            None,
+            None,
+            "On SIGTERM, seconds running transfers get to finish (default 30).",
+        ],
         ["max-sessions", None, None, "Sessions open at once, in total (default 1000)."],
         ["max-sessions-per-ip", None, None, "Sessions open at once per client IP (default 50)."],
         ["login-timeout", None, None, "Seconds from connection to login (default 60)."],
