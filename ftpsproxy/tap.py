@@ -95,7 +95,7 @@ class Options(usage.Options):
         ["passive-ports", None, None, "Passive data port range MIN-MAX (default 30000-30099)."],
         ["public-address", None, None, "IPv4 address announced in PASV replies."],
         ["passive-timeout", None, None, "Seconds to wait for data connections (default 30)."],
-        ["backend-connect-timeout", None, None, "Seconds to connect to the backend (default 10)."],
+        ["backend-connect-timeout", None, None, "Seconds to set a backend session up: connect, TLS, greeting (default 10)."],
         ["metrics", None, None, "Endpoint for /metrics, /healthz, /readyz, e.g. tcp:9102."],
     ]
 
