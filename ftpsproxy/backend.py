@@ -265,6 +265,13 @@ class BackendConnector:
             return TCP4ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
         return TCP6ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
 
+    def tcp(self, host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
+        """A bare TCP connection (the health probe)."""
+        connected: Deferred[Protocol] = self._endpoint(host, port).connect(
+            PrebuiltFactory(protocol)
+        )  # type: ignore[assignment]
+        return connected
+
     def control(self) -> Deferred[BackendControl]:
         """Connect and set the session up; fails with the reason otherwise.
 

@@ -106,6 +106,7 @@ class Config:
     idle_timeout: float = 900.0
     backend_reply_timeout: float = 60.0
     drain_timeout: float = 30.0
+    health_interval: float = 5.0
 
     @property
     def tls_enabled(self) -> bool:
@@ -144,6 +145,7 @@ _SCALARS: dict[str, str] = {
     "idle-timeout": "seconds",
     "backend-reply-timeout": "seconds",
     "drain-timeout": "seconds",
+    "health-interval": "seconds",
 }
 _LISTS = ("listen", "listen-implicit")
 KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})

@@ -108,6 +108,23 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.backend_up = Gauge(
+            "ftpsproxy_backend_up",
+            "1 when the backend accepted the last TCP health probe, else 0.",
+            registry=r,
+        )
+        self.backend_connect_seconds = Histogram(
+            "ftpsproxy_backend_connect_seconds",
+            "Time to a ready backend session: connect, TLS, greeting, PBSZ/PROT.",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.replies_total = Counter(
+            "ftpsproxy_replies",
+            "Replies sent to clients, by class (1xx-5xx).",
+            ["class"],
+            registry=r,
+        )
         self.commands_total = Counter(
             "ftpsproxy_commands",
             "Client commands received, by verb (known verbs, else 'other').",

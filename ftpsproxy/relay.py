@@ -182,6 +182,7 @@ class DataChannel:
         self.outcome: Outcome | None = None
         self.bytes = 0
         self.reported = False  # both sockets are gone and the session has been told
+        self.accounted = False  # its bytes are in the session's totals
         self._bytes_counter: Any = None  # the labelled counter, looked up once per transfer
         self._started = False
         self._closing_sink = False
@@ -270,7 +271,12 @@ class DataChannel:
                 self._try_start()
             return
         source, sink = self._source_and_sink()
-        if connection is source:
+        if connection is source and source.side is Side.CLIENT and not source.clean_end:
+            # An upload that ended without a TLS close_notify, or with a reset, may be
+            # truncated: the backend must not take it for a complete file.
+            log.info("client data connection ended uncleanly: upload not complete")
+            self._end(Outcome.CLIENT_FAILED)
+        elif connection is source:
             self._closing_sink = True
             sink.finish()
             if sink.ended:
@@ -298,6 +304,9 @@ class DataChannel:
         if sink.ended:
             failed = Outcome.CLIENT_FAILED if sink.side is Side.CLIENT else Outcome.BACKEND_FAILED
             self._end(failed)
+            return
+        if source.ended and source.side is Side.CLIENT and not source.clean_end:
+            self._end(Outcome.CLIENT_FAILED)  # a tiny upload that already ended uncleanly
             return
         self._started = True
         sink.discard_input()

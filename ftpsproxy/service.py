@@ -16,6 +16,7 @@ from .backendtls import BackendTLSSettings
 from .config import Config
 from .errors import ConfigError
 from .frontend import frontend_factory
+from .health import BackendHealth
 from .http import metrics_site
 from .metrics import Metrics
 from .ports import PortAllocator
@@ -72,6 +73,9 @@ class ProxyService(MultiService):
             self._add_listener(reactor, description, implicit=False)
         for description in config.listen_implicit:
             self._add_listener(reactor, description, implicit=True)
+        self.health = BackendHealth(
+            self.context.backend, metrics, config.health_interval, self._learned_features
+        )
         if config.metrics:
             site = metrics_site(metrics, self._ready_problem)
             self._add(reactor, "metrics", config.metrics, site)
@@ -118,6 +122,7 @@ class ProxyService(MultiService):
             self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
         reactor.callWhenRunning(reactor.callLater, 0, install)
+        reactor.callWhenRunning(self.health.start, reactor)
 
     def _terminate(self) -> None:
         if self._terminating:
@@ -130,6 +135,7 @@ class ProxyService(MultiService):
     def stopService(self) -> Deferred[None]:
         """Stop listening, let running commands and transfers finish, then close the rest."""
         signal.signal(signal.SIGHUP, self._previous_sighup)
+        self.health.stop()
         stopped: Deferred[None] = maybeDeferred(super().stopService)
         return stopped.addCallback(lambda _: self._drain())
 
@@ -174,7 +180,14 @@ class ProxyService(MultiService):
         service.setServiceParent(self)
         return service
 
+    def _learned_features(self, features: list[str]) -> None:
+        self.context.backend_features = features
+
     def _ready_problem(self) -> str | None:
+        if self.health.up is False:
+            return f"backend {self.config.backend.url} unreachable"
+        if self.health.up is None:
+            return "backend not probed yet"
         for listener in self._listeners:
             if listener._waitingForPort is None or not listener._waitingForPort.called:
                 return "listeners not bound yet"

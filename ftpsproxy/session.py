@@ -117,6 +117,7 @@ class ProxyContext:
     backend: BackendConnector
     open_sessions: set[Session] = field(default_factory=set)
     sessions_per_ip: Counter[str] = field(default_factory=Counter)
+    backend_features: list[str] = field(default_factory=list)  # from the last FEAT asked
 
     def admission_refusal(self, client_host: str) -> str | None:
         """Why a new connection from *client_host* must be refused (421), if it must."""
@@ -158,6 +159,7 @@ class Session:
         self._held_reply: Reply | None = None
         self._aborting = False  # the client sent ABOR during the running transfer
         self._started = time.monotonic()
+        self._connect_started = 0.0
         self._login_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
         self.bytes_up = 0
@@ -233,6 +235,10 @@ class Session:
         for channel in (self._channel, self._transfer):
             if channel is not None:
                 channel.abort()
+        if self._transfer is not None:
+            # Cut off by the session's end: counted, with the bytes relayed so far.
+            self._account_bytes(self._transfer)
+            self._count_transfer(self._transfer, make_reply(426, "Session ended."))
         self._channel = self._transfer = None
         if self.backend is not None:
             self.backend.close()
@@ -331,6 +337,8 @@ class Session:
             self._local(command)
         elif verb in REFUSALS:
             self._reply(*REFUSALS[verb])
+        elif verb == "HELP":
+            self._reply(214, "Log in; then the server's own HELP is relayed.")
         elif verb in PRE_LOGIN:
             self._reply(502, f"{verb} not available before login.")
         else:
@@ -373,12 +381,14 @@ class Session:
         self._goto(State.CONNECTING)
         self._busy = True
         started = self.context.backend.control()
+        self._connect_started = time.monotonic()
         started.addCallbacks(
             lambda backend: self._backend_ready(backend, command), self._backend_failed
         )
 
     def _backend_ready(self, backend: BackendControl, user: Command) -> None:
         self.metrics.backend_connects_total.labels(result="success").inc()
+        self.metrics.backend_connect_seconds.observe(time.monotonic() - self._connect_started)
         if self.state is State.CLOSED:
             backend.close()
             return
@@ -472,7 +482,9 @@ class Session:
             if backend_ready:
                 self._request(b"FEAT\r\n", self._feat_reply)
             else:
-                self._send(features.merge_features(own, []))
+                # Clients (lftp) ask once, before login: answer with what the backend
+                # said when the proxy last asked it.
+                self._send(features.merge_features(own, self.context.backend_features))
         elif verb == "OPTS" and argument.startswith(b"UTF8"):
             self._reply(200, "UTF8 mode is always on.")
         elif verb == "OPTS" and backend_ready:
@@ -526,7 +538,10 @@ class Session:
 
     def _feat_reply(self, reply: Reply) -> None:
         own = features.proxy_features(tls=self.server_tls is not None, active_mode=True)
-        self._send(features.merge_features(own, features.backend_features(reply)))
+        learned = features.backend_features(reply)
+        if reply.code == 211:
+            self.context.backend_features = learned
+        self._send(features.merge_features(own, learned))
 
     # -- passive mode -----------------------------------------------------------------------
 
@@ -547,7 +562,9 @@ class Session:
         if extended and argument and (argument == b"2") != client_v6:
             self._reply(522, "Network protocol not supported on this connection.")
             return
-        if not extended and client_v6 and self.config.public_address is None:
+        if not extended and client_v6:
+            # RFC 2428 §3: PASV cannot name an IPv6 address, and the data listener
+            # is on the IPv6 address the client used.
             self._reply(425, "PASV is not available on an IPv6 connection; use EPSV.")
             return
         channel = self._new_channel()
@@ -761,12 +778,18 @@ class Session:
         if self._channel is channel and channel.refusal is None:
             self._channel = None  # a refusal stays, to answer the transfer command
         if self._transfer is channel:
-            if channel.direction is not None and channel.direction.to_client:
-                self.bytes_down += channel.bytes
-            else:
-                self.bytes_up += channel.bytes
+            self._account_bytes(channel)
             if self._held_reply is not None:
                 self._finish_transfer()
+
+    def _account_bytes(self, channel: DataChannel) -> None:
+        if channel.accounted:
+            return
+        channel.accounted = True
+        if channel.direction is not None and channel.direction.to_client:
+            self.bytes_down += channel.bytes
+        else:
+            self.bytes_up += channel.bytes
 
     # -- transfers --------------------------------------------------------------------------
 
@@ -885,6 +908,7 @@ class Session:
 
     def _send(self, reply: Reply) -> None:
         if self.state is not State.CLOSED:
+            self.metrics.replies_total.labels(f"{reply.code // 100}xx").inc()
             self.client.send(reply.encode())
 
     def _reply(self, code: int, text: str) -> None:

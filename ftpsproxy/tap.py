@@ -78,6 +78,12 @@ class Options(usage.Options):
             None,
             "On SIGTERM, seconds running transfers get to finish (default 30).",
         ],
+        [
+            "health-interval",
+            None,
+            None,
+            "Seconds between TCP probes of the backend for /readyz (default 5).",
+        ],
         ["max-sessions", None, None, "Sessions open at once, in total (default 1000)."],
         ["max-sessions-per-ip", None, None, "Sessions open at once per client IP (default 50)."],
         ["login-timeout", None, None, "Seconds from connection to login (default 60)."],
@@ -95,7 +101,12 @@ class Options(usage.Options):
         ["passive-ports", None, None, "Passive data port range MIN-MAX (default 30000-30099)."],
         ["public-address", None, None, "IPv4 address announced in PASV replies."],
         ["passive-timeout", None, None, "Seconds to wait for data connections (default 30)."],
-        ["backend-connect-timeout", None, None, "Seconds to set a backend session up: connect, TLS, greeting (default 10)."],
+        [
+            "backend-connect-timeout",
+            None,
+            None,
+            "Seconds to set a backend session up: connect, TLS, greeting (default 10).",
+        ],
         ["metrics", None, None, "Endpoint for /metrics, /healthz, /readyz, e.g. tcp:9102."],
     ]
 
