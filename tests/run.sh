@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-# System packages the tests drive. Add FTP servers here (vsftpd, proftpd-core, ...).
+# System packages the tests drive (the FTP servers have their own step below).
 APT_PACKAGES="curl lftp openssl"
 SECONDS=0
 
@@ -55,6 +55,118 @@ if command -v dpkg-query >/dev/null; then
     fi
 else
     echo "no dpkg: not installing anything; tests that need missing tools will skip"
+fi
+
+# --- FTP servers as test backends -----------------------------------------------------
+# proftpd-core, vsftpd and pure-ftpd all conflict (Conflicts: ftp-server): ProFTPD is
+# installed normally; vsftpd and pure-ftpd are unpacked from their .debs into .servers/
+# (git-ignored), where tests/support/servers.py finds them, plus their runtime libraries.
+# No daemon is left running: tests start and stop their own servers on loopback ports.
+SERVERS_DIR="$ROOT/.servers"
+PROFTPD_PACKAGES="proftpd-core proftpd-mod-crypto proftpd-mod-proxy"
+SERVER_LIB_PACKAGES="libwrap0 libsodium23 libcap2 libpam0g libpam-modules libssl3 libcrypt1"
+UNPACKED_SERVERS="vsftpd pure-ftpd"
+
+port21_in_use() {
+    # Something accepts connections on 127.0.0.1:21 (a system FTP daemon).
+    timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/21' 2>/dev/null
+}
+
+install_proftpd() {
+    # Install ProFTPD without letting apt start its daemon on port 21. Where the machine
+    # has no policy-rc.d we add one for the install only; should a daemon start anyway
+    # (port 21 was free before), we stop and disable the service we caused to start.
+    local was_running=no made_policy=no
+    if port21_in_use; then was_running=yes; fi
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\n# tests/run.sh: no daemons while installing test servers\nexit 101\n' \
+            >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        made_policy=yes
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    local rc=0
+    apt_install "$@" || rc=$?
+    if [[ $made_policy == yes ]]; then
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
+    [[ $rc -eq 0 ]] || die "apt-get install $* failed"
+    if [[ $was_running == no ]] && port21_in_use; then
+        echo "stopping the proftpd service the install started"
+        if [[ -d /run/systemd/system ]]; then
+            systemctl disable --now proftpd.service || true
+        elif [[ -x /etc/init.d/proftpd ]]; then
+            /etc/init.d/proftpd stop || true
+        fi
+    fi
+}
+
+unpack_server() {
+    # apt-get download + dpkg-deb -x PKG into .servers/PKG; .servers/PKG/.version marks it.
+    local pkg=$1 dest="$SERVERS_DIR/$1" tmp deb
+    tmp=$(mktemp -d)
+    # apt downloads as the _apt user when it may write here (otherwise it warns).
+    chmod 0755 "$tmp"
+    if id _apt >/dev/null 2>&1; then chown _apt "$tmp"; fi
+    (cd "$tmp" && apt-get download -qq "$pkg") || { rm -rf "$tmp"; die "apt-get download $pkg failed"; }
+    deb=$(find "$tmp" -maxdepth 1 -name "${pkg}_*.deb" -print -quit)
+    [[ -n $deb ]] || { rm -rf "$tmp"; die "apt-get download $pkg gave no .deb"; }
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    dpkg-deb -x "$deb" "$dest"
+    dpkg-deb -f "$deb" Version >"$dest/.version"
+    rm -rf "$tmp"
+    echo "unpacked $pkg $(cat "$dest/.version") into ${dest#"$ROOT"/}"
+}
+
+server_binaries() {
+    printf '%s\n' "$SERVERS_DIR/vsftpd/usr/sbin/vsftpd" "$SERVERS_DIR/pure-ftpd/usr/sbin/pure-ftpd" \
+        "$SERVERS_DIR/pure-ftpd/usr/bin/pure-pw" /usr/sbin/proftpd
+}
+
+step "FTP servers: proftpd (apt), $UNPACKED_SERVERS (unpacked into .servers/)"
+if [[ $(id -u) -ne 0 ]] || ! command -v dpkg-query >/dev/null; then
+    echo "not root or no dpkg: not installing FTP servers; their tests skip (or fail under CI)"
+else
+    # shellcheck disable=SC2086
+    missing=$(deb_missing $SERVER_LIB_PACKAGES)
+    if [[ -n $missing ]]; then
+        echo "installing: $missing"
+        # shellcheck disable=SC2086
+        apt_install $missing
+    fi
+    # shellcheck disable=SC2086
+    missing=$(deb_missing $PROFTPD_PACKAGES)
+    if [[ -n $missing ]]; then
+        echo "installing: $missing"
+        # shellcheck disable=SC2086
+        install_proftpd $missing
+    fi
+    for pkg in $UNPACKED_SERVERS; do
+        if [[ ! -s $SERVERS_DIR/$pkg/.version || ! -x $SERVERS_DIR/$pkg/usr/sbin/$pkg ]]; then
+            if [[ $APT_UPDATED == no ]]; then
+                DEBIAN_FRONTEND=noninteractive apt-get update -qq
+                APT_UPDATED=yes
+            fi
+            unpack_server "$pkg"
+        fi
+    done
+    # vsftpd authenticates local users through PAM service "vsftpd" only.
+    if [[ ! -e /etc/pam.d/vsftpd ]]; then
+        install -m 0644 "$SERVERS_DIR/vsftpd/etc/pam.d/vsftpd" /etc/pam.d/vsftpd
+        echo "installed /etc/pam.d/vsftpd from the vsftpd package"
+    fi
+    unresolved=""
+    while read -r bin; do
+        [[ -x $bin ]] || die "missing $bin after install"
+        if ldd "$bin" | grep -q 'not found'; then
+            unresolved+="$bin: $(ldd "$bin" | grep 'not found' | tr -s ' \t\n' ' ')"$'\n'
+        fi
+    done < <(server_binaries)
+    [[ -z $unresolved ]] || die "FTP server binaries miss libraries:"$'\n'"$unresolved"
+    echo "ready: proftpd $(dpkg-query -W -f='${Version}' proftpd-core)," \
+        "vsftpd $(cat "$SERVERS_DIR/vsftpd/.version"), pure-ftpd $(cat "$SERVERS_DIR/pure-ftpd/.version")"
 fi
 
 # --- python virtual environment -------------------------------------------------------
