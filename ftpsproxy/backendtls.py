@@ -79,9 +79,11 @@ class BackendSessionTLS:
         if settings.maximum_version is not None:
             context.set_max_proto_version(_VERSIONS[settings.maximum_version])
         context.set_options(SSL.OP_NO_COMPRESSION)
-        # Sessions are kept by hand (``_control``), but OpenSSL only turns TLS 1.3
-        # tickets into resumable sessions when client-side caching is on.
-        context.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
+        # Sessions are kept by hand (the control connection's).  OpenSSL's client-side
+        # cache must stay off: with it, the control session stopped being offered
+        # after its first use on a data connection (seen with vsftpd and ProFTPD,
+        # TLS 1.3), and strict servers refused the next data connection.
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         if settings.insecure:
             context.set_verify(SSL.VERIFY_NONE)
         else:
@@ -143,13 +145,13 @@ class BackendSessionTLS:
         return self._control
 
     def for_data(self) -> DataConnectionTLS:
-        """A creator for one data connection, resuming the control session as it is now."""
-        session = None
-        if self._control is not None:
-            try:
-                session = self._control.get_session()
-            except SSL.Error:
-                session = None
+        """A creator for one data connection, resuming the control session as it is now.
+
+        Taken just before each data connection: TLS 1.3 tickets arrive after the
+        control handshake.  The same control session serves every data connection,
+        as curl, lftp and Python's ``ssl`` do.
+        """
+        session = _session_of(self._control) if self._control is not None else None
         return DataConnectionTLS(self, session)
 
 
@@ -164,6 +166,13 @@ class DataConnectionTLS:
         if self._session is not None:
             connection.set_session(self._session)
         return connection
+
+
+def _session_of(connection: SSL.Connection) -> SSL.Session | None:
+    try:
+        return connection.get_session()
+    except SSL.Error:
+        return None
 
 
 def session_reused(connection: SSL.Connection) -> bool:

@@ -61,10 +61,11 @@ class BackendHealth:
         def result(outcome: object) -> None:
             up = not isinstance(outcome, Failure)
             if up != self.up:
+                why = outcome.getErrorMessage() if isinstance(outcome, Failure) else ""
                 log.info(
                     "backend {backend} is {state}",
                     backend=address.url,
-                    state="reachable" if up else f"unreachable ({outcome})",
+                    state="reachable" if up else f"unreachable ({why})",
                 )
             self.up = up
             self._metrics.backend_up.set(1 if up else 0)

@@ -176,6 +176,8 @@ class DataChannel:
         self.refusal: tuple[int, str] | None = None
         # Active mode: where the proxy connects to the client, instead of listening.
         self.active_target: tuple[str, int] | None = None
+        # Backend passive mode: the port to connect to when the transfer command goes out.
+        self.backend_port: int | None = None
         self.client = DataConnection(self, Side.CLIENT)
         self.backend = DataConnection(self, Side.BACKEND)
         self.direction: Direction | None = None

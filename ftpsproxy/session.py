@@ -389,6 +389,10 @@ class Session:
     def _backend_ready(self, backend: BackendControl, user: Command) -> None:
         self.metrics.backend_connects_total.labels(result="success").inc()
         self.metrics.backend_connect_seconds.observe(time.monotonic() - self._connect_started)
+        if backend.tls_version is not None:
+            self.metrics.tls_handshakes.labels(
+                side="backend", channel="control", version=backend.tls_version
+            ).inc()
         if self.state is State.CLOSED:
             backend.close()
             return
@@ -696,7 +700,7 @@ class Session:
             except FTPSyntaxError as error:
                 self._backend_data_failed(channel, str(error))
                 return
-            self._connect_backend_data(channel, port)
+            channel.backend_port = port
             answer()
             self._done()
 
@@ -809,6 +813,11 @@ class Session:
         self._transfer = channel
         self._held_reply = None
         channel.begin(TRANSFER_DIRECTIONS[command.verb])
+        if channel.backend_port is not None:
+            # Connect only now, as a client would after sending the command: a TLS
+            # ClientHello waiting in a backend's socket from PASV time until the transfer
+            # command can find the server's ticket state changed in between.
+            self._connect_backend_data(channel, channel.backend_port)
         if channel.active_target is not None:
             self._connect_client_data(channel)
 

@@ -35,6 +35,7 @@ from tests.support.clients import (
     sha256_file,
 )
 from tests.support.ports import free_port, free_port_range
+from tests.support.proxy import ProxyError
 
 BIG = 32 * 1024 * 1024
 
@@ -75,19 +76,28 @@ def start_proxy(
     *extra: str,
     passive_count: int = 10,
 ) -> Proxied:
-    port, implicit_port, metrics_port = free_port(), free_port(), free_port()
-    low, high = free_port_range(passive_count)
-    proxy = make_proxy(
-        "--listen", f"tcp:{port}:interface=127.0.0.1",
-        "--listen-implicit", f"tcp:{implicit_port}:interface=127.0.0.1",
-        "--certificate", str(pki.server_cert), "--private-key", str(pki.server_key),
-        "--backend", backend.url,
-        "--passive-ports", f"{low}-{high}", "--public-address", "127.0.0.1",
-        "--metrics", f"tcp:{metrics_port}:interface=127.0.0.1",
-        *extra,
-        ports=[port, implicit_port, metrics_port],
-    )  # fmt: skip
-    return Proxied(backend, pki, port, implicit_port, metrics_port, (low, high), proxy)
+    for attempt in range(3):
+        # Free ports are picked before the proxy binds them: another process may take
+        # one in between.  A start that failed that way is retried with new ports.
+        port, implicit_port, metrics_port = free_port(), free_port(), free_port()
+        low, high = free_port_range(passive_count)
+        try:
+            proxy = make_proxy(
+                "--listen", f"tcp:{port}:interface=127.0.0.1",
+                "--listen-implicit", f"tcp:{implicit_port}:interface=127.0.0.1",
+                "--certificate", str(pki.server_cert), "--private-key", str(pki.server_key),
+                "--backend", backend.url,
+                "--passive-ports", f"{low}-{high}", "--public-address", "127.0.0.1",
+                "--metrics", f"tcp:{metrics_port}:interface=127.0.0.1",
+                *extra,
+                ports=[port, implicit_port, metrics_port],
+            )  # fmt: skip
+        except ProxyError as error:
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
+            continue
+        return Proxied(backend, pki, port, implicit_port, metrics_port, (low, high), proxy)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture

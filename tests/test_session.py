@@ -302,21 +302,37 @@ def test_active_mode_connects_to_client_on_transfer(harness: Harness) -> None:
     assert harness.sent_to_backend() == b"RETR file\r\n"
 
 
-def _passive(harness: Harness, command: bytes = b"PASV\r\n") -> tuple[int, Protocol, Any]:
-    """Run PASV/EPSV through to the client's reply; returns (port, backend data proto, factory)."""
+def _passive(harness: Harness, command: bytes = b"PASV\r\n") -> tuple[int, Any]:
+    """Run PASV/EPSV through to the client's reply; returns (our port, its listener factory)."""
     harness.send(command)
     assert harness.sent_to_backend() == b"EPSV\r\n"
     harness.backend_says(b"229 Entering Extended Passive Mode (|||30000|)\r\n")
-    host, port, protocol, _ = harness.backend.data_connections[-1]
-    assert (host, port) == ("127.0.0.1", 30000)
+    assert harness.backend.data_connections == []  # connected with the transfer command
     listen_port, factory, _, interface = harness.reactor.tcpServers[-1]
     assert 41000 <= listen_port <= 41001 and interface == "127.0.0.1"
-    return listen_port, protocol, factory
+    return listen_port, factory
+
+
+def _client_data(factory: Any) -> tuple[Any, StringTransport]:
+    """The client opens its data connection to our passive port."""
+    protocol = factory.buildProtocol(CLIENT)
+    transport = StringTransport(peerAddress=CLIENT)
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def _backend_data(harness: Harness) -> tuple[Protocol, StringTransport]:
+    """The backend data connection the transfer command made, now connected."""
+    host, port, protocol, _ = harness.backend.data_connections[-1]
+    assert (host, port) == ("127.0.0.1", 30000)
+    transport = StringTransport(peerAddress=BACKEND)
+    protocol.makeConnection(transport)
+    return protocol, transport
 
 
 def test_pasv_reply_uses_public_address_and_range(harness: Harness) -> None:
     harness.login()
-    port, _, _ = _passive(harness)
+    port, _ = _passive(harness)
     p1, p2 = port >> 8, port & 0xFF
     assert harness.replies() == f"227 Entering Passive Mode (192,0,2,1,{p1},{p2}).\r\n".encode()
     assert harness.metrics.passive_ports_in_use._value.get() == 1
@@ -324,7 +340,7 @@ def test_pasv_reply_uses_public_address_and_range(harness: Harness) -> None:
 
 def test_epsv_reply_carries_only_the_port(harness: Harness) -> None:
     harness.login()
-    port, _, _ = _passive(harness, b"EPSV\r\n")
+    port, _ = _passive(harness, b"EPSV\r\n")
     assert harness.replies() == f"229 Entering Extended Passive Mode (|||{port}|)\r\n".encode()
 
 
@@ -335,6 +351,7 @@ def test_backend_pasv_address_is_ignored_after_epsv_refusal(harness: Harness) ->
     harness.backend_says(b"500 EPSV not understood\r\n")
     assert harness.sent_to_backend() == b"PASV\r\n"
     harness.backend_says(b"227 Entering Passive Mode (10,9,9,9,117,48).\r\n")
+    harness.send(b"LIST\r\n")
     host, port, _, _ = harness.backend.data_connections[-1]
     assert (host, port) == ("127.0.0.1", 30000)
 
@@ -373,28 +390,20 @@ def test_transfer_without_pasv_gets_425(harness: Harness) -> None:
 
 def test_data_connection_from_foreign_address_is_refused(harness: Harness) -> None:
     harness.login()
-    _, _, factory = _passive(harness)
+    _, factory = _passive(harness)
     assert factory.buildProtocol(IPv4Address("TCP", "127.0.0.66", 40000)) is None
     counter = harness.metrics.data_connections_refused.labels(reason="foreign_address")
     assert counter._value.get() == 1
     assert factory.buildProtocol(CLIENT) is not None
 
 
-def _connect_data(harness: Harness, factory: Any, backend_data: Protocol) -> tuple[Any, Any]:
-    client_data = factory.buildProtocol(CLIENT)
-    client_transport = StringTransport(peerAddress=CLIENT)
-    client_data.makeConnection(client_transport)
-    backend_transport = StringTransport(peerAddress=BACKEND)
-    backend_data.makeConnection(backend_transport)
-    return client_data, (client_transport, backend_transport)
-
-
 def test_download_final_reply_waits_for_client_data_close(harness: Harness) -> None:
     harness.login()
-    _, backend_data, factory = _passive(harness)
+    _, factory = _passive(harness)
     harness.replies()
-    client_data, (client_transport, _) = _connect_data(harness, factory, backend_data)
+    client_data, client_transport = _client_data(factory)
     harness.send(b"RETR file\r\n")
+    backend_data, _ = _backend_data(harness)
     assert harness.sent_to_backend() == b"RETR file\r\n"
     harness.backend_says(b"150 Opening data connection\r\n")
     backend_data.dataReceived(b"x" * 1000)
@@ -415,11 +424,12 @@ def test_download_final_reply_waits_for_client_data_close(harness: Harness) -> N
 
 def test_upload_closes_backend_only_after_all_bytes_and_relays_226(harness: Harness) -> None:
     harness.login()
-    _, backend_data, factory = _passive(harness)
-    client_data, (_, backend_transport) = _connect_data(harness, factory, backend_data)
+    _, factory = _passive(harness)
+    client_data, _ = _client_data(factory)
     # A client that writes before the command is known: held, not lost.
     client_data.dataReceived(b"early")
     harness.send(b"STOR up.bin\r\n")
+    backend_data, backend_transport = _backend_data(harness)
     harness.backend_says(b"150 Ok to send data\r\n")
     client_data.dataReceived(b"-late")
     client_data.connectionLost(Failure(ConnectionDone()))
@@ -434,10 +444,11 @@ def test_upload_closes_backend_only_after_all_bytes_and_relays_226(harness: Harn
 
 def test_failed_transfer_command_frees_data_connections(harness: Harness) -> None:
     harness.login()
-    _, backend_data, factory = _passive(harness)
-    _, (client_transport, backend_transport) = _connect_data(harness, factory, backend_data)
+    _, factory = _passive(harness)
+    _, client_transport = _client_data(factory)
     harness.replies()
     harness.send(b"RETR missing\r\n")
+    _, backend_transport = _backend_data(harness)
     assert harness.sent_to_backend() == b"RETR missing\r\n"
     harness.backend_says(b"550 No such file\r\n")
     assert harness.replies() == b"550 No such file\r\n"
@@ -451,10 +462,10 @@ def test_failed_transfer_command_frees_data_connections(harness: Harness) -> Non
 
 def test_client_that_never_connects_gets_425(harness: Harness) -> None:
     harness.login()
-    _, backend_data, _ = _passive(harness)
-    backend_data.makeConnection(StringTransport(peerAddress=BACKEND))
+    _passive(harness)
     harness.replies()
     harness.send(b"RETR file\r\n")
+    backend_data, _ = _backend_data(harness)
     harness.backend_says(b"150 Opening\r\n")
     harness.reactor.advance(harness.context.config.passive_timeout + 1)
     backend_data.connectionLost(Failure(ConnectionDone()))
@@ -482,11 +493,10 @@ def test_backend_closing_gives_client_421(harness: Harness) -> None:
 
 def test_abor_during_download_closes_data_and_relays_replies_in_order(harness: Harness) -> None:
     harness.login()
-    _, backend_data, factory = _passive(harness)
-    client_data, (client_transport, backend_transport) = _connect_data(
-        harness, factory, backend_data
-    )
+    _, factory = _passive(harness)
+    client_data, client_transport = _client_data(factory)
     harness.send(b"RETR big\r\n")
+    backend_data, backend_transport = _backend_data(harness)
     harness.backend_says(b"150 Opening\r\n")
     backend_data.dataReceived(b"z" * 100)
     harness.replies()
@@ -596,9 +606,10 @@ def test_idle_timeout_after_login_but_not_during_a_transfer() -> None:
     harness.backend_says(b"200 ok\r\n")
     harness.reactor.advance(99)
     assert harness.state is State.READY  # each command resets the clock
-    _, backend_data, factory = _passive(harness)
-    client_data, _ = _connect_data(harness, factory, backend_data)
+    _, factory = _passive(harness)
+    client_data, _ = _client_data(factory)
     harness.send(b"RETR big\r\n")
+    backend_data, _ = _backend_data(harness)
     harness.backend_says(b"150 go\r\n")
     harness.reactor.advance(500)  # a long transfer is not idleness
     assert harness.state is State.READY
