@@ -30,7 +30,13 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from .backend import BackendConnector, BackendControl, BackendSetupError, BackendTLSError
+from .backend import (
+    BackendConnector,
+    BackendControl,
+    BackendSetupError,
+    BackendTLSError,
+    ReplyHandler,
+)
 from .config import Config
 from .factories import PrebuiltFactory
 from .ftp import features
@@ -875,30 +881,30 @@ class Session:
 
     # -- the backend ------------------------------------------------------------------------
 
-    def _relay(self, command: Command, on_final: object = None) -> None:
+    def _relay(self, command: Command, on_final: ReplyHandler | None = None) -> None:
         """Send *command* to the backend and pass every reply back; then run *on_final*."""
 
         def handler(reply: Reply) -> None:
             self._send(reply)
             if not reply.is_preliminary:
                 if on_final is not None:
-                    on_final(reply)  # type: ignore[operator]
+                    on_final(reply)
                 self._done()
 
         self._request(command.encode(), handler, raw=True)
 
-    def _request(self, line: bytes, handler: object, raw: bool = False) -> None:
+    def _request(self, line: bytes, handler: ReplyHandler, raw: bool = False) -> None:
         """Send a line to the backend; *handler* gets the replies; ``raw`` handlers call _done."""
         if self.backend is None:
             self._reply(503, "Login with USER first.")
             return
         self._busy = True
         if raw:
-            self.backend.request(line, handler)  # type: ignore[arg-type]
+            self.backend.request(line, handler)
             return
 
         def finishing(reply: Reply) -> None:
-            handler(reply)  # type: ignore[operator]
+            handler(reply)
             if not reply.is_preliminary:
                 self._done()
 
