@@ -61,6 +61,7 @@ class DataConnection(Protocol):
         self._finish_after_handshake = False
         self._handshake_timer: IDelayedCall | None = None
         self.failure_counted = False
+        self.has_producer = False  # the other side is registered as our producer
 
     # -- Twisted callbacks ------------------------------------------------------------------
 
@@ -125,6 +126,7 @@ class DataConnection(Protocol):
             sink.transport.write(chunk)  # type: ignore[union-attr]
         if not self.ended:
             sink.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+            sink.has_producer = True
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def discard_input(self) -> None:
@@ -141,13 +143,27 @@ class DataConnection(Protocol):
         if self.awaiting_handshake:
             self._finish_after_handshake = True
             return
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        self._unregister_producer()
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abort(self) -> None:
         if not self.connected_ or self.ended:
             return
         self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def detach(self) -> None:
+        """Stop relaying, keep reading (and dropping) until the peer closes its side."""
+        self._sink = None
+        self._discard = True
+        self._held = []
+        if self.connected_ and not self.ended:
+            self._unregister_producer()
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _unregister_producer(self) -> None:
+        if self.has_producer:
+            self.has_producer = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
 
 
 class DataChannel:
@@ -188,6 +204,7 @@ class DataChannel:
         self._bytes_counter: Any = None  # the labelled counter, looked up once per transfer
         self._started = False
         self._closing_sink = False
+        self._backend_grace: float | None = None
         self._close_hooks: list[Callable[[], None]] = []
         self._timer: DelayedCall | None = reactor.callLater(  # type: ignore[assignment]
             connect_timeout, self._connect_timed_out
@@ -221,9 +238,20 @@ class DataChannel:
         self._end(Outcome.BACKEND_FAILED)
 
     def abort(self) -> None:
-        """Close both connections now (ABOR, error reply, session end)."""
+        """Close both connections now (an error reply, the session's end)."""
         if self.finished:
             return
+        self._end(Outcome.ABORTED)
+
+    def abort_for_abor(self, grace: float = 5.0) -> None:
+        """ABOR: drop the client's side now, and leave the backend's side to the backend.
+
+        The backend closes its data connection when it handles ABOR; closing it first,
+        perhaps in the middle of its TLS handshake, makes vsftpd end the whole session.
+        """
+        if self.finished:
+            return
+        self._backend_grace = grace
         self._end(Outcome.ABORTED)
 
     # -- events from the connections --------------------------------------------------------
@@ -339,8 +367,18 @@ class DataChannel:
         self.outcome = outcome
         self._cancel_timer()
         if outcome is not Outcome.COMPLETE:
-            self.client.abort()
-            self.backend.abort()
+            if self._backend_grace is None:
+                self.client.abort()
+                self.backend.abort()
+            else:
+                # Decouple first: aborting the client's side would otherwise stop its
+                # producer, the backend's side, under the backend's feet (ProFTPD ends
+                # the whole session on the broken pipe).
+                if self.client.connected_ and not self.client.ended:
+                    self.client._unregister_producer()
+                self.backend.detach()
+                self.client.abort()
+                self._reactor.callLater(self._backend_grace, self.backend.abort)
         hooks, self._close_hooks = self._close_hooks, []
         for hook in hooks:
             hook()

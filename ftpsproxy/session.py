@@ -280,6 +280,9 @@ class Session:
             if self._transfer is not None and _is_abort(line):
                 self._abort_transfer()
                 return
+            if self._transfer is not None and _verb_of(line) == "STAT":
+                self._transfer_status()
+                return
             if len(self._queue) >= MAX_PIPELINED:
                 self._close(421, "Too many pipelined commands.")
                 return
@@ -859,6 +862,20 @@ class Session:
         self._send(reply)
         self._done()
 
+    def _transfer_status(self) -> None:
+        """STAT during a transfer (RFC 959 §4.1.3): answered here, from what the proxy relays.
+
+        Relaying it would put a reply between the transfer's 1xx and its final reply
+        that could not be told apart from the final one.
+        """
+        channel = self._transfer
+        assert channel is not None and channel.direction is not None
+        self.metrics.commands_total.labels(verb="STAT").inc()
+        self._reply(
+            213,
+            f"Status: {channel.direction.value} in progress, {channel.bytes} bytes relayed.",
+        )
+
     def _count_transfer(self, channel: DataChannel, reply: Reply) -> None:
         assert channel.direction is not None
         if channel.outcome is Outcome.ABORTED and self._aborting:
@@ -875,7 +892,7 @@ class Session:
         assert self._transfer is not None
         self.metrics.commands_total.labels(verb="ABOR").inc()
         self._aborting = True
-        self._transfer.abort()
+        self._transfer.abort_for_abor()
         if self.backend is not None:
             self.backend.request(b"ABOR\r\n", self._send)
 
@@ -930,11 +947,15 @@ class Session:
         self._send(make_reply(code, text))
 
 
-def _is_abort(line: bytes) -> bool:
+def _verb_of(line: bytes) -> str | None:
     try:
-        return parse_command(line).verb == "ABOR"
+        return parse_command(line).verb
     except FTPSyntaxError:
-        return False
+        return None
+
+
+def _is_abort(line: bytes) -> bool:
+    return _verb_of(line) == "ABOR"
 
 
 def _printable(text: str) -> str:

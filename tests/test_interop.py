@@ -8,6 +8,7 @@ it can talk to servers that require reuse, because the proxy resumes on its side
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import io
 import ssl
@@ -219,3 +220,83 @@ def test_tls12_capped_backend_leg(
     ftp.quit()
     samples = proxied.metrics()
     assert samples["ftpsproxy_tls_handshakes_total{channel=control,side=backend,version=TLSv1.2}"]
+
+
+@pytest.mark.parametrize("kind", ["vsftpd", "proftpd"])
+@pytest.mark.parametrize("mode", ["ftp", "ftpes"])
+def test_protocol_details_with_debian_servers(
+    make_ftp_server: MakeFtpServer, make_proxy: MakeProxy, pki: Pki, kind: str, mode: str
+) -> None:
+    """Active mode, REST, APPE, STAT and ABOR during RETR and STOR, TYPE A, UTF-8 names."""
+    server, proxied = _through_proxy(make_ftp_server, make_proxy, pki, kind, mode)
+    _file(server, "big.bin", SIZE)
+    whole = server.path("big.bin").read_bytes()
+    ftp = proxied.ftp_tls()
+    ftp.set_pasv(False)  # active towards the proxy; the proxy stays passive to the backend
+    ftp.voidcmd("TYPE I")
+    for offset in (1, 65_537, SIZE - 3):
+        assert _retr_rest(ftp, offset) == whole[offset:]
+    ftp.set_pasv(True)
+    ftp.storbinary("STOR part.bin", io.BytesIO(whole[:1000]))
+    ftp.storbinary("APPE part.bin", io.BytesIO(whole[1000:70_000]))
+    assert server.path("part.bin").read_bytes() == whole[:70_000]
+    name = "Übergröße  文件 .txt"
+    ftp.sendcmd("OPTS UTF8 ON")
+    ftp.storbinary(f"STOR {name}", io.BytesIO(b"utf8"))
+    assert name in ftp.nlst()
+    assert _retr(ftp, name) == b"utf8"
+    ftp.voidcmd("TYPE A")
+    ftp.storlines("STOR text.txt", io.BytesIO(b"one\ntwo\n"))
+    lines: list[str] = []
+    ftp.retrlines("RETR text.txt", lines.append)
+    assert lines == ["one", "two"]
+    ftp.voidcmd("TYPE I")
+    # ABOR during a download, with STAT first: the session stays usable.
+    conn = ftp.transfercmd("RETR big.bin")
+    conn.recv(65536)
+    assert ftp.sendcmd("STAT").startswith("213")
+    ftp.putcmd("ABOR")
+    _drain_and_close(conn)
+    _expect_abort_replies(ftp)
+    # ABOR during an upload.
+    conn = ftp.transfercmd("STOR aborted.bin")
+    conn.sendall(b"a" * (1024 * 1024))
+    ftp.putcmd("ABOR")
+    _drain_and_close(conn)
+    _expect_abort_replies(ftp)
+    assert "big.bin" in ftp.nlst()
+    ftp.quit()
+    samples = proxied.metrics()
+    assert samples["ftpsproxy_passive_ports_in_use{}"] == 0
+    assert samples["ftpsproxy_transfers_active{}"] == 0
+
+
+def _retr_rest(ftp: ftplib.FTP, offset: int) -> bytes:
+    buffer = io.BytesIO()
+    ftp.retrbinary("RETR big.bin", buffer.write, rest=offset)
+    return buffer.getvalue()
+
+
+def _drain_and_close(conn: Any) -> None:
+    conn.settimeout(10)
+    with contextlib.suppress(OSError):
+        while conn.recv(65536):
+            pass
+    conn.close()
+
+
+def _expect_abort_replies(ftp: ftplib.FTP) -> None:
+    """RFC 959 §4.1.3: 426 for the transfer then 226 for ABOR, or only 225/226 when the
+    transfer had ended; ProFTPD over TLS answers ABOR itself with 426. A NOOP marks the
+    end of the replies, which are then checked."""
+    ftp.putcmd("NOOP")
+    codes: list[str] = []
+    for _ in range(8):
+        line = ftp.getline()
+        if line[3:4] == "-":
+            continue
+        if line.startswith("200"):
+            break
+        codes.append(line[:3])
+    assert codes and codes[0] in ("426", "451", "225", "226"), codes
+    assert 1 <= len(codes) <= 2 and codes[-1] in ("225", "226", "426"), codes

@@ -503,7 +503,10 @@ def test_abor_during_download_closes_data_and_relays_replies_in_order(harness: H
     harness.sent_to_backend()
     harness.send(b"\xff\xf4\xff\xf2ABOR\r\nPWD\r\n")
     assert harness.sent_to_backend() == b"ABOR\r\n"
-    assert client_transport.disconnected and backend_transport.disconnected  # aborted at once
+    assert client_transport.disconnected  # the client's side closes at once
+    assert not backend_transport.disconnected  # the backend closes its own side on ABOR
+    harness.reactor.advance(5)
+    assert backend_transport.disconnected  # ... or the proxy does, after a grace period
     client_data.connectionLost(Failure(ConnectionDone()))
     backend_data.connectionLost(Failure(ConnectionDone()))
     harness.backend_says(b"426 Transfer aborted\r\n226 ABOR successful\r\n")
@@ -646,3 +649,18 @@ def test_sessions_over_the_per_ip_limit_get_421() -> None:
     fourth_transport = StringTransport(hostAddress=PROXY, peerAddress=CLIENT)
     FrontendProtocol(harness.context, "test", "plain").makeConnection(fourth_transport)
     assert fourth_transport.value().startswith(b"220 ")
+
+
+def test_stat_during_a_transfer_is_answered_by_the_proxy(harness: Harness) -> None:
+    harness.login()
+    _, factory = _passive(harness)
+    _client_data(factory)
+    harness.send(b"RETR big\r\n")
+    backend_data, _ = _backend_data(harness)
+    harness.backend_says(b"150 go\r\n")
+    backend_data.dataReceived(b"q" * 4096)
+    harness.replies()
+    harness.sent_to_backend()
+    harness.send(b"STAT\r\n")
+    assert harness.replies() == b"213 Status: download in progress, 4096 bytes relayed.\r\n"
+    assert harness.sent_to_backend() == b""
