@@ -107,6 +107,7 @@ class Config:
     backend_reply_timeout: float = 60.0
     drain_timeout: float = 30.0
     health_interval: float = 5.0
+    xferlog: Path | None = None
 
     @property
     def tls_enabled(self) -> bool:
@@ -146,6 +147,7 @@ _SCALARS: dict[str, str] = {
     "backend-reply-timeout": "seconds",
     "drain-timeout": "seconds",
     "health-interval": "seconds",
+    "xferlog": "path",
 }
 _LISTS = ("listen", "listen-implicit")
 KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})

@@ -201,6 +201,8 @@ class DataChannel:
         self.bytes = 0
         self.reported = False  # both sockets are gone and the session has been told
         self.accounted = False  # its bytes are in the session's totals
+        self.filename = "-"  # the transfer command's argument, for the transfer log
+        self.started_at = 0.0
         self._bytes_counter: Any = None  # the labelled counter, looked up once per transfer
         self._started = False
         self._closing_sink = False

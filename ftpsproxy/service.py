@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .ports import PortAllocator
 from .session import ProxyContext
 from .tlsconfig import ReloadableServerTLS, ServerTLS, load_server_tls
+from .xferlog import XferLog
 
 log = Logger()
 
@@ -73,6 +74,11 @@ class ProxyService(MultiService):
             self._add_listener(reactor, description, implicit=False)
         for description in config.listen_implicit:
             self._add_listener(reactor, description, implicit=True)
+        if config.xferlog is not None:
+            try:
+                self.context.xferlog = XferLog(config.xferlog)
+            except OSError as error:
+                raise ConfigError(f"xferlog {config.xferlog}: {error.strerror}") from error
         self.health = BackendHealth(
             self.context.backend, metrics, config.health_interval, self._learned_features
         )
@@ -94,6 +100,8 @@ class ProxyService(MultiService):
 
     def reload_tls(self) -> bool:
         """Load the certificate and key again (SIGHUP); on failure keep the old ones."""
+        if self.context.xferlog is not None:
+            self.context.xferlog.reopen()  # after rotation by logrotate
         if self.context.server_tls is None:
             return True
         try:

@@ -57,6 +57,7 @@ from .ftp.policy import (
     PRE_LOGIN,
     REFUSALS,
     TRANSFER_DIRECTIONS,
+    Direction,
     Handling,
     classify,
     refuses_mode,
@@ -68,6 +69,7 @@ from .passive import BackendDataListener, PassiveListener, same_host
 from .ports import PortAllocator
 from .relay import DataChannel, Outcome
 from .tlsconfig import ReloadableServerTLS, ServerTLS
+from .xferlog import TransferRecord, XferLog
 
 log = Logger()
 
@@ -124,6 +126,7 @@ class ProxyContext:
     open_sessions: set[Session] = field(default_factory=set)
     sessions_per_ip: Counter[str] = field(default_factory=Counter)
     backend_features: list[str] = field(default_factory=list)  # from the last FEAT asked
+    xferlog: XferLog | None = None
 
     def admission_refusal(self, client_host: str) -> str | None:
         """Why a new connection from *client_host* must be refused (421), if it must."""
@@ -153,6 +156,7 @@ class Session:
         self.protect_data = False
         self.pbsz_seen = False
         self.epsv_all = False
+        self.binary = False  # TYPE A until the client says TYPE I (RFC 959 §3.1.1.1)
         self.virtual_host: Command | None = None
         self._draining_service = False
         self._backend_epsv = True
@@ -467,6 +471,14 @@ class Session:
             self._reply(*REFUSALS[command.verb])
         elif command.verb == "MODE" and refuses_mode(command.argument):
             self._reply(504, "Only MODE S is supported.")
+        elif command.verb == "TYPE":
+            binary = not command.argument.strip().upper().startswith(b"A")
+
+            def set_type(reply: Reply) -> None:
+                if reply.code // 100 == 2:
+                    self.binary = binary
+
+            self._relay(command, on_final=set_type)
         else:
             if handling is Handling.ABORT:
                 self._drop_channel()
@@ -822,6 +834,8 @@ class Session:
         self._transfer = channel
         self._held_reply = None
         channel.begin(TRANSFER_DIRECTIONS[command.verb])
+        channel.filename = command.text() or "-"
+        channel.started_at = time.time()
         if channel.backend_port is not None:
             # Connect only now, as a client would after sending the command: a TLS
             # ClientHello waiting in a backend's socket from PASV time until the transfer
@@ -886,6 +900,21 @@ class Session:
             result = "failed"
         self._aborting = False
         self.metrics.transfers_total.labels(direction=channel.direction.value, result=result).inc()
+        if self.context.xferlog is not None and channel.direction is not Direction.LISTING:
+            now = time.time()
+            self.context.xferlog.record(
+                TransferRecord(
+                    finished=now,
+                    seconds=now - channel.started_at,
+                    client=self.client.peer_host,
+                    size=channel.bytes,
+                    filename=channel.filename,
+                    binary=self.binary,
+                    upload=channel.direction is Direction.UPLOAD,
+                    user=self.user or "-",
+                    complete=result == "complete",
+                )
+            )
 
     def _abort_transfer(self) -> None:
         """ABOR while a transfer runs: close its data connections and let the backend answer."""

@@ -84,6 +84,7 @@ class Options(usage.Options):
             None,
             "Seconds between TCP probes of the backend for /readyz (default 5).",
         ],
+        ["xferlog", None, None, "Append a wu-ftpd/ProFTPD xferlog line per file transfer here."],
         ["max-sessions", None, None, "Sessions open at once, in total (default 1000)."],
         ["max-sessions-per-ip", None, None, "Sessions open at once per client IP (default 50)."],
         ["login-timeout", None, None, "Seconds from connection to login (default 60)."],
