@@ -108,6 +108,7 @@ class Config:
     drain_timeout: float = 30.0
     health_interval: float = 5.0
     xferlog: Path | None = None
+    log_format: str = "text"
 
     @property
     def tls_enabled(self) -> bool:
@@ -148,6 +149,7 @@ _SCALARS: dict[str, str] = {
     "drain-timeout": "seconds",
     "health-interval": "seconds",
     "xferlog": "path",
+    "log-format": "choice:text,json",
 }
 _LISTS = ("listen", "listen-implicit")
 KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})

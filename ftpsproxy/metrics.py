@@ -82,6 +82,13 @@ class Metrics:
             ["direction", "result"],
             registry=r,
         )
+        self.transfer_duration = Histogram(
+            "ftpsproxy_transfer_duration_seconds",
+            "How long data transfers took, by direction.",
+            ["direction"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200),
+            registry=r,
+        )
         self.transfers_active = Gauge(
             "ftpsproxy_transfers_active", "Data transfers currently running.", registry=r
         )
@@ -104,7 +111,7 @@ class Metrics:
         )
         self.backend_connects_total = Counter(
             "ftpsproxy_backend_connects",
-            "Backend control connection attempts, by result.",
+            "Backend session set-ups, by result (success, refused, unreachable, tls, timeout).",
             ["result"],
             registry=r,
         )

@@ -9,7 +9,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from .backend import BackendConnector
 from .backendtls import BackendTLSSettings
@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .frontend import frontend_factory
 from .health import BackendHealth
 from .http import metrics_site
+from .logs import JSONLineObserver
 from .metrics import Metrics
 from .ports import PortAllocator
 from .session import ProxyContext
@@ -187,6 +188,12 @@ class ProxyService(MultiService):
         service._raiseSynchronously = True
         service.setServiceParent(self)
         return service
+
+    def setServiceParent(self, parent: Any) -> None:
+        """With ``--log-format json``, hand twistd our observer (it starts logging later)."""
+        super().setServiceParent(parent)
+        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, JSONLineObserver())
 
     def _learned_features(self, features: list[str]) -> None:
         self.context.backend_features = features

@@ -426,7 +426,6 @@ class Session:
         self._relay(user, on_final=self._login_result)
 
     def _backend_failed(self, reason: Failure) -> None:
-        self.metrics.backend_connects_total.labels(result="failure").inc()
         if reason.check(BackendTLSError):
             why = f"backend TLS failed: {reason.value}"
             kind = "verification" if "certificate" in str(reason.value) else "protocol"
@@ -436,12 +435,16 @@ class Session:
                 side="backend", channel="control", reason=kind
             ).inc()
             text = "Service not available: TLS to the backend server failed."
+            result = "timeout" if kind == "timeout" else "tls"
         elif reason.check(BackendSetupError):
             why = f"backend refused the session: {reason.value}"
             text = "Service not available: the backend server refused the session."
+            result = "timeout" if "within" in str(reason.value) else "refused"
         else:
             why = f"backend unreachable: {reason.getErrorMessage()}"
             text = "Service not available: the backend server cannot be reached."
+            result = "unreachable"
+        self.metrics.backend_connects_total.labels(result=result).inc()
         log.warn("session {session} {why}", session=self.id, why=why)
         self._close(421, text)
 
@@ -900,6 +903,10 @@ class Session:
             result = "failed"
         self._aborting = False
         self.metrics.transfers_total.labels(direction=channel.direction.value, result=result).inc()
+        if channel.started_at:
+            self.metrics.transfer_duration.labels(channel.direction.value).observe(
+                max(0.0, time.time() - channel.started_at)
+            )
         if self.context.xferlog is not None and channel.direction is not Direction.LISTING:
             now = time.time()
             self.context.xferlog.record(

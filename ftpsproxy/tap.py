@@ -84,6 +84,7 @@ class Options(usage.Options):
             None,
             "Seconds between TCP probes of the backend for /readyz (default 5).",
         ],
+        ["log-format", None, None, "text (default) or json: one JSON object per line."],
         ["xferlog", None, None, "Append a wu-ftpd/ProFTPD xferlog line per file transfer here."],
         ["max-sessions", None, None, "Sessions open at once, in total (default 1000)."],
         ["max-sessions-per-ip", None, None, "Sessions open at once per client IP (default 50)."],
