@@ -72,10 +72,11 @@ port21_in_use() {
     timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/21' 2>/dev/null
 }
 
-install_proftpd() {
-    # Install ProFTPD without letting apt start its daemon on port 21. Where the machine
-    # has no policy-rc.d we add one for the install only; should a daemon start anyway
-    # (port 21 was free before), we stop and disable the service we caused to start.
+install_quietly() {
+    # Install packages without letting apt start their daemons (ProFTPD on port 21,
+    # Prometheus on 9090). Where the machine has no policy-rc.d we add one for the
+    # install only; should ProFTPD start anyway (port 21 was free before), we stop and
+    # disable the service we caused to start.
     local was_running=no made_policy=no
     if port21_in_use; then was_running=yes; fi
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -141,7 +142,7 @@ else
     if [[ -n $missing ]]; then
         echo "installing: $missing"
         # shellcheck disable=SC2086
-        install_proftpd $missing
+        install_quietly $missing
     fi
     for pkg in $UNPACKED_SERVERS; do
         if [[ ! -s $SERVERS_DIR/$pkg/.version || ! -x $SERVERS_DIR/$pkg/usr/sbin/$pkg ]]; then
@@ -167,6 +168,15 @@ else
     [[ -z $unresolved ]] || die "FTP server binaries miss libraries:"$'\n'"$unresolved"
     echo "ready: proftpd $(dpkg-query -W -f='${Version}' proftpd-core)," \
         "vsftpd $(cat "$SERVERS_DIR/vsftpd/.version"), pure-ftpd $(cat "$SERVERS_DIR/pure-ftpd/.version")"
+fi
+
+step "promtool (Debian package prometheus; its daemon is not started)"
+if command -v promtool >/dev/null; then
+    echo "installed: $(promtool --version 2>&1 | head -1)"
+elif [[ $(id -u) -eq 0 ]] && command -v dpkg-query >/dev/null; then
+    install_quietly prometheus
+else
+    echo "not root or no dpkg: promtool tests skip (or fail under CI)"
 fi
 
 # --- python virtual environment -------------------------------------------------------
