@@ -45,15 +45,20 @@ ReplyHandler = Callable[[Reply], None]
 
 
 class BackendSetupError(Exception):
-    """The backend session could not be set up: a refused greeting, AUTH TLS, PBSZ or PROT."""
+    """The backend session could not be set up: a refused greeting, AUTH TLS, PBSZ or PROT.
 
-    def __init__(self, why: str, reply: Reply | None = None) -> None:
+    ``kind`` is a fixed label for metrics: ``refused``, ``timeout``, and for TLS
+    failures ``verification`` or ``protocol``.
+    """
+
+    def __init__(self, why: str, reply: Reply | None = None, *, kind: str = "refused") -> None:
         super().__init__(why)
         self.reply = reply
+        self.kind = kind
 
 
 class BackendTLSError(BackendSetupError):
-    """The TLS handshake with the backend failed (verification, protocol, timeout)."""
+    """The TLS handshake with the backend failed (verification or protocol)."""
 
 
 @implementer(IHandshakeListener)
@@ -222,9 +227,10 @@ class BackendControl(Protocol):
         self._disarm_reply_timer()
         if not self._is_ready and not self.ready.called:
             if self.tls is not None and self.tls.failure is not None:
-                self._fail(BackendTLSError(self.tls.failure))
+                self._fail(BackendTLSError(self.tls.failure, kind="verification"))
             elif self.tls is not None and reason.check(SSL.Error):
-                self._fail(BackendTLSError(f"TLS handshake failed: {reason.getErrorMessage()}"))
+                why = f"TLS handshake failed: {reason.getErrorMessage()}"
+                self._fail(BackendTLSError(why, kind="protocol"))
             else:
                 self._fail(BackendSetupError(f"connection lost: {reason.getErrorMessage()}"))
         if not self.closing:
@@ -304,7 +310,8 @@ class BackendConnector:
     def _set_up_timed_out(self, control: BackendControl, connected: Deferred[Protocol]) -> None:
         if not connected.called:
             connected.cancel()
-        control._fail(BackendSetupError(f"no ready backend session within {self.timeout:g}s"))
+        why = f"no ready backend session within {self.timeout:g}s"
+        control._fail(BackendSetupError(why, kind="timeout"))
 
     def data(self, control: BackendControl, port: int, protocol: Protocol) -> Deferred[Protocol]:
         """Connect *protocol* to a backend data port, at the control connection's peer.

@@ -10,6 +10,7 @@ the session may pass the backend's final reply on to the client.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -92,8 +93,6 @@ class DataConnection(Protocol):
             self.finish()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.channel.finished and self.channel.outcome is not Outcome.COMPLETE:
-            return  # refused or aborted: nothing more is relayed
         sink = self._sink
         if sink is not None:
             self.channel._count(len(data))
@@ -151,11 +150,15 @@ class DataConnection(Protocol):
             return
         self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def detach(self) -> None:
-        """Stop relaying, keep reading (and dropping) until the peer closes its side."""
+    def stop_relaying(self) -> None:
+        """Relay nothing more: what still arrives (before an abort takes effect) is dropped."""
         self._sink = None
         self._discard = True
         self._held = []
+
+    def detach(self) -> None:
+        """Stop relaying, keep reading (and dropping) until the peer closes its side."""
+        self.stop_relaying()
         if self.connected_ and not self.ended:
             self._unregister_producer()
             self.transport.resumeProducing()  # type: ignore[union-attr]
@@ -202,7 +205,7 @@ class DataChannel:
         self.reported = False  # both sockets are gone and the session has been told
         self.accounted = False  # its bytes are in the session's totals
         self.filename = "-"  # the transfer command's argument, for the transfer log
-        self.started_at = 0.0
+        self.started_at = 0.0  # epoch seconds, set when the transfer begins
         self._bytes_counter: Any = None  # the labelled counter, looked up once per transfer
         self._started = False
         self._closing_sink = False
@@ -227,6 +230,7 @@ class DataChannel:
         if self.finished or self.direction is not None:
             return
         self.direction = direction
+        self.started_at = time.time()
         self._bytes_counter = self._metrics.bytes_total.labels(direction=direction.value)
         self._metrics.transfers_active.inc()
         self._try_start()
@@ -316,8 +320,7 @@ class DataChannel:
         elif source.ended and self._closing_sink:
             self._end(Outcome.COMPLETE)
         else:
-            failed = Outcome.CLIENT_FAILED if sink.side is Side.CLIENT else Outcome.BACKEND_FAILED
-            self._end(failed)
+            self._end(_failure_of(sink))
 
     # -- internals --------------------------------------------------------------------------
 
@@ -334,8 +337,7 @@ class DataChannel:
             return
         source, sink = self._source_and_sink()
         if sink.ended:
-            failed = Outcome.CLIENT_FAILED if sink.side is Side.CLIENT else Outcome.BACKEND_FAILED
-            self._end(failed)
+            self._end(_failure_of(sink))
             return
         if source.ended and source.side is Side.CLIENT and not source.clean_end:
             self._end(Outcome.CLIENT_FAILED)  # a tiny upload that already ended uncleanly
@@ -355,7 +357,7 @@ class DataChannel:
         self._timer = None
         if self.finished:
             return
-        missing = Outcome.CLIENT_FAILED if not self.client.connected_ else Outcome.BACKEND_FAILED
+        missing = _failure_of(self.backend if self.client.connected_ else self.client)
         log.info("data connection not established in time ({side})", side=missing.value)
         self._end(missing)
 
@@ -369,6 +371,8 @@ class DataChannel:
         self.outcome = outcome
         self._cancel_timer()
         if outcome is not Outcome.COMPLETE:
+            self.client.stop_relaying()
+            self.backend.stop_relaying()
             if self._backend_grace is None:
                 self.client.abort()
                 self.backend.abort()
@@ -397,3 +401,8 @@ class DataChannel:
                 return
         self.reported = True
         self._on_finished(self)
+
+
+def _failure_of(connection: DataConnection) -> Outcome:
+    """The outcome of a transfer whose *connection* failed or never came."""
+    return Outcome.CLIENT_FAILED if connection.side is Side.CLIENT else Outcome.BACKEND_FAILED

@@ -154,7 +154,6 @@ class Session:
         self.user: str | None = None
         self.backend: BackendControl | None = None
         self.protect_data = False
-        self.pbsz_seen = False
         self.epsv_all = False
         self.binary = False  # TYPE A until the client says TYPE I (RFC 959 §3.1.1.1)
         self.virtual_host: Command | None = None
@@ -186,12 +185,8 @@ class Session:
         self.context.open_sessions.add(self)
         self.context.sessions_per_ip[self.client.peer_host] += 1
         clock = self.context.reactor
-        self._login_timer = clock.callLater(
-            self.config.login_timeout, self._timed_out, "Login timeout."
-        )
-        self._idle_timer = clock.callLater(
-            self.config.idle_timeout, self._timed_out, "Idle timeout."
-        )
+        self._login_timer = clock.callLater(self.config.login_timeout, self._login_timed_out)
+        self._idle_timer = clock.callLater(self.config.idle_timeout, self._idle_timed_out)
         self.metrics.sessions_total.labels(listener=self.listener, mode=self.mode).inc()
         self.metrics.sessions_active.labels(listener=self.listener, mode=self.mode).inc()
         log.info(
@@ -202,15 +197,19 @@ class Session:
         )
         self._reply(220, "ftpsproxy ready.")
 
-    def _timed_out(self, text: str) -> None:
-        if text.startswith("Idle") and (self._transfer is not None or self._busy):
+    def _login_timed_out(self) -> None:
+        log.info("session {session} login timeout", session=self.id)
+        self._close(421, "Login timeout.")
+
+    def _idle_timed_out(self) -> None:
+        if self._transfer is not None or self._busy:
             # A transfer, or a command the backend is working on, is not idleness.
             self._idle_timer = self.context.reactor.callLater(
-                self.config.idle_timeout, self._timed_out, text
+                self.config.idle_timeout, self._idle_timed_out
             )
             return
-        log.info("session {session} {why}", session=self.id, why=text.lower())
-        self._close(421, text)
+        log.info("session {session} idle timeout", session=self.id)
+        self._close(421, "Idle timeout.")
 
     def drain(self) -> None:
         """The proxy is stopping: end now if idle, else right after the running command."""
@@ -281,10 +280,11 @@ class Session:
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self.config.idle_timeout)
         if self._busy:
-            if self._transfer is not None and _is_abort(line):
+            verb = _verb_of(line) if self._transfer is not None else None
+            if verb == "ABOR":
                 self._abort_transfer()
                 return
-            if self._transfer is not None and _verb_of(line) == "STAT":
+            if verb == "STAT":
                 self._transfer_status()
                 return
             if len(self._queue) >= MAX_PIPELINED:
@@ -420,26 +420,23 @@ class Session:
             self._request(
                 self.virtual_host.encode(),
                 lambda reply: self._relay(user, on_final=self._login_result),
-                raw=True,
             )
             return
         self._relay(user, on_final=self._login_result)
 
     def _backend_failed(self, reason: Failure) -> None:
-        if reason.check(BackendTLSError):
-            why = f"backend TLS failed: {reason.value}"
-            kind = "verification" if "certificate" in str(reason.value) else "protocol"
-            if "within" in str(reason.value):
-                kind = "timeout"
+        error = reason.value
+        if isinstance(error, BackendTLSError):
+            why = f"backend TLS failed: {error}"
             self.metrics.tls_handshake_failures.labels(
-                side="backend", channel="control", reason=kind
+                side="backend", channel="control", reason=error.kind
             ).inc()
             text = "Service not available: TLS to the backend server failed."
-            result = "timeout" if kind == "timeout" else "tls"
-        elif reason.check(BackendSetupError):
-            why = f"backend refused the session: {reason.value}"
+            result = "tls"
+        elif isinstance(error, BackendSetupError):
+            why = f"backend refused the session: {error}"
             text = "Service not available: the backend server refused the session."
-            result = "timeout" if "within" in str(reason.value) else "refused"
+            result = error.kind
         else:
             why = f"backend unreachable: {reason.getErrorMessage()}"
             text = "Service not available: the backend server cannot be reached."
@@ -501,18 +498,18 @@ class Session:
             elif not argument.isdigit():
                 self._reply(501, "PBSZ needs a number.")
             else:
-                self.pbsz_seen = True
                 self._reply(200, "PBSZ=0")
         elif verb == "PROT":
             self._prot(argument)
         elif verb == "FEAT":
-            own = features.proxy_features(tls=self.server_tls is not None, active_mode=True)
             if backend_ready:
                 self._request(b"FEAT\r\n", self._feat_reply)
             else:
                 # Clients (lftp) ask once, before login: answer with what the backend
                 # said when the proxy last asked it.
-                self._send(features.merge_features(own, self.context.backend_features))
+                self._send(
+                    features.merge_features(self._own_features(), self.context.backend_features)
+                )
         elif verb == "OPTS" and argument.startswith(b"UTF8"):
             self._reply(200, "UTF8 mode is always on.")
         elif verb == "OPTS" and backend_ready:
@@ -564,12 +561,17 @@ class Session:
         else:
             self._reply(504, "Unknown protection level.")
 
+    def _own_features(self) -> list[str]:
+        return features.proxy_features(tls=self.server_tls is not None, active_mode=True)
+
     def _feat_reply(self, reply: Reply) -> None:
-        own = features.proxy_features(tls=self.server_tls is not None, active_mode=True)
+        if reply.is_preliminary:
+            return
         learned = features.backend_features(reply)
         if reply.code == 211:
             self.context.backend_features = learned
-        self._send(features.merge_features(own, learned))
+        self._send(features.merge_features(self._own_features(), learned))
+        self._done()
 
     # -- passive mode -----------------------------------------------------------------------
 
@@ -717,7 +719,7 @@ class Session:
                     port = parse_pasv_reply(reply.lines[0]).port
                 elif use_epsv and reply.code in (500, 501, 502, 504, 522):
                     self._backend_epsv = use_epsv = False
-                    self._request(b"PASV\r\n", on_reply, raw=True)
+                    self._request(b"PASV\r\n", on_reply)
                     return
                 else:
                     raise FTPSyntaxError(f"backend answered {reply.code}")
@@ -728,7 +730,7 @@ class Session:
             answer()
             self._done()
 
-        self._request(b"EPSV\r\n" if use_epsv else b"PASV\r\n", on_reply, raw=True)
+        self._request(b"EPSV\r\n" if use_epsv else b"PASV\r\n", on_reply)
 
     def _backend_data_failed(self, channel: DataChannel, error: str | None) -> bool:
         """End a PASV/EPSV/PORT/EPRT whose backend side failed (*error*) or whose channel
@@ -775,9 +777,7 @@ class Session:
                 self._done()
             elif use_eprt and reply.code in (500, 501, 502, 504, 522) and ":" not in host:
                 self._backend_eprt = use_eprt = False
-                self._request(
-                    b"PORT " + format_port_argument(host, port) + b"\r\n", on_reply, raw=True
-                )
+                self._request(b"PORT " + format_port_argument(host, port) + b"\r\n", on_reply)
             else:
                 self._backend_data_failed(channel, f"backend answered {reply.code}")
 
@@ -789,7 +789,7 @@ class Session:
         except (FTPSyntaxError, ValueError) as error:
             self._backend_data_failed(channel, f"cannot announce {host}:{port}: {error}")
             return
-        self._request(line, on_reply, raw=True)
+        self._request(line, on_reply)
 
     def _connect_backend_data(self, channel: DataChannel, port: int) -> None:
         assert self.backend is not None
@@ -838,7 +838,6 @@ class Session:
         self._held_reply = None
         channel.begin(TRANSFER_DIRECTIONS[command.verb])
         channel.filename = command.text() or "-"
-        channel.started_at = time.time()
         if channel.backend_port is not None:
             # Connect only now, as a client would after sending the command: a TLS
             # ClientHello waiting in a backend's socket from PASV time until the transfer
@@ -860,7 +859,7 @@ class Session:
             if self._transfer is channel and (reply.is_error or channel.reported):
                 self._finish_transfer()
 
-        self._request(command.encode(), on_reply, raw=True)
+        self._request(command.encode(), on_reply)
 
     def _finish_transfer(self) -> None:
         """Pass the backend's final reply on, now that the client's data connection is closed."""
@@ -903,16 +902,14 @@ class Session:
             result = "failed"
         self._aborting = False
         self.metrics.transfers_total.labels(direction=channel.direction.value, result=result).inc()
-        if channel.started_at:
-            self.metrics.transfer_duration.labels(channel.direction.value).observe(
-                max(0.0, time.time() - channel.started_at)
-            )
+        now = time.time()
+        seconds = max(0.0, now - channel.started_at)
+        self.metrics.transfer_duration.labels(channel.direction.value).observe(seconds)
         if self.context.xferlog is not None and channel.direction is not Direction.LISTING:
-            now = time.time()
             self.context.xferlog.record(
                 TransferRecord(
                     finished=now,
-                    seconds=now - channel.started_at,
+                    seconds=seconds,
                     client=self.client.peer_host,
                     size=channel.bytes,
                     filename=channel.filename,
@@ -944,24 +941,15 @@ class Session:
                     on_final(reply)
                 self._done()
 
-        self._request(command.encode(), handler, raw=True)
+        self._request(command.encode(), handler)
 
-    def _request(self, line: bytes, handler: ReplyHandler, raw: bool = False) -> None:
-        """Send a line to the backend; *handler* gets the replies; ``raw`` handlers call _done."""
+    def _request(self, line: bytes, handler: ReplyHandler) -> None:
+        """Send a line to the backend; *handler* gets its replies and calls ``_done``."""
         if self.backend is None:
             self._reply(503, "Login with USER first.")
             return
         self._busy = True
-        if raw:
-            self.backend.request(line, handler)
-            return
-
-        def finishing(reply: Reply) -> None:
-            handler(reply)
-            if not reply.is_preliminary:
-                self._done()
-
-        self.backend.request(line, finishing)
+        self.backend.request(line, handler)
 
     def _backend_lost(self, why: str) -> None:
         log.warn("session {session} backend connection lost: {why}", session=self.id, why=why)
@@ -988,10 +976,6 @@ def _verb_of(line: bytes) -> str | None:
         return parse_command(line).verb
     except FTPSyntaxError:
         return None
-
-
-def _is_abort(line: bytes) -> bool:
-    return _verb_of(line) == "ABOR"
 
 
 def _printable(text: str) -> str:
