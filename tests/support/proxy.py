@@ -275,3 +275,25 @@ class ProxyProcess:
                     raise ValueError(f"unexpected VmRSS unit {unit!r}")
                 return int(value) * 1024
         raise ValueError("no VmRSS in /proc status")
+
+    def tcp_connections(self) -> list[tuple[int, int, str]]:
+        """The proxy's TCP sockets that are not listening: (local port, remote port, state).
+
+        ``state`` is the kernel's hex code from /proc/net/tcp (``01`` ESTABLISHED, ``08``
+        CLOSE_WAIT, …); empty when the proxy holds no connection at all.
+        """
+        mine = self.socket_inodes()
+        found: list[tuple[int, int, str]] = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 10 or fields[3] == _TCP_LISTEN or fields[9] not in mine:
+                    continue
+                local = int(fields[1].rsplit(":", 1)[1], 16)
+                remote = int(fields[2].rsplit(":", 1)[1], 16)
+                found.append((local, remote, fields[3]))
+        return found
