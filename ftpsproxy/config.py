@@ -106,9 +106,16 @@ class Config:
     idle_timeout: float = 900.0
     backend_reply_timeout: float = 60.0
     drain_timeout: float = 30.0
+    data_stall_timeout: float = 300.0
+    close_timeout: float = 10.0
+    max_login_failures: int = 5
+    login_lockout: float = 300.0
+    login_failure_delay: float = 1.0
     health_interval: float = 5.0
     xferlog: Path | None = None
     log_format: str = "text"
+    data_path: str = "splice"
+    workers: int = 1
 
     @property
     def tls_enabled(self) -> bool:
@@ -147,9 +154,16 @@ _SCALARS: dict[str, str] = {
     "idle-timeout": "seconds",
     "backend-reply-timeout": "seconds",
     "drain-timeout": "seconds",
+    "data-stall-timeout": "seconds",
+    "close-timeout": "seconds",
+    "max-login-failures": "count",
+    "login-lockout": "seconds",
+    "login-failure-delay": "delay",
     "health-interval": "seconds",
     "xferlog": "path",
     "log-format": "choice:text,json",
+    "data-path": "choice:splice,copy",
+    "workers": "count",
 }
 _LISTS = ("listen", "listen-implicit")
 KNOWN_KEYS = frozenset({*_SCALARS, *_LISTS})
@@ -188,6 +202,14 @@ def _convert(key: str, kind: str, value: Any) -> Any:
             raise ConfigError(f"{key}: {value!r} is not a number of seconds") from error
         if not 0 < seconds <= 86400:
             raise ConfigError(f"{key}: {value!r} must be between 0 and 86400 seconds")
+        return seconds
+    if kind == "delay":
+        try:
+            seconds = float(value)
+        except ValueError as error:
+            raise ConfigError(f"{key}: {value!r} is not a number of seconds") from error
+        if not 0 <= seconds <= 60:
+            raise ConfigError(f"{key}: {value!r} must be between 0 and 60 seconds")
         return seconds
     if kind == "ip4":
         try:
@@ -256,4 +278,10 @@ def build_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) 
         raise ConfigError(f"{key}: only for ftpes:// and ftps:// backends")
     if "backend_client_key" in fields and "backend_client_certificate" not in fields:
         raise ConfigError("backend-client-key: needs --backend-client-certificate")
-    return Config(**fields)
+    config = Config(**fields)
+    if config.workers > config.passive_ports.size:
+        raise ConfigError(
+            f"workers: {config.workers} workers need at least as many passive ports "
+            f"(passive-ports has {config.passive_ports.size})"
+        )
+    return config

@@ -20,6 +20,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .closing import CloseDeadline
 from .ftp.errors import LineTooLong
 from .ftp.lines import LineBuffer
 from .session import ProxyContext, Session
@@ -47,6 +48,7 @@ class FrontendProtocol(Protocol):
         self.certificate_names: list[str] | None = None  # None: no client certificate
         self._handshake_timer: IDelayedCall | None = None
         self._failure_counted = False
+        self._closing = CloseDeadline(context.reactor, context.config.close_timeout)
 
     def connectionMade(self) -> None:
         self.peer_host = str(self.transport.getPeer().host)  # type: ignore[union-attr]
@@ -56,10 +58,11 @@ class FrontendProtocol(Protocol):
             self._start_handshake_timer()
         refusal = self._context.admission_refusal(self.peer_host)
         if refusal is not None:
-            log.warn("refused a session from {client}: {why}", client=self.peer_host, why=refusal)
-            self._context.metrics.sessions_refused.labels(reason="limit").inc()
-            self.transport.write(b"421 " + refusal.encode() + b"\r\n")  # type: ignore[union-attr]
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            reason, text = refusal
+            log.warn("refused a session from {client}: {why}", client=self.peer_host, why=text)
+            self._context.metrics.sessions_refused.labels(reason=reason).inc()
+            self.transport.write(b"421 " + text.encode() + b"\r\n")  # type: ignore[union-attr]
+            self.close()
             return
         mode = "explicit" if self._mode == "plain" and self._context.server_tls else self._mode
         self.session = Session(self._context, self, listener=self._listener, mode=mode)
@@ -115,6 +118,7 @@ class FrontendProtocol(Protocol):
             session.client_line(line)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._closing.cancel()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         if self._tls_started and not self.tls_active and not self._failure_counted:
@@ -147,7 +151,7 @@ class FrontendProtocol(Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transport.loseConnection()
+            self._closing.close(self.transport)
 
 
 class FrontendFactory(Factory):

@@ -45,6 +45,23 @@ class Metrics:
         self.logins_total = Counter(
             "ftpsproxy_logins", "Login attempts relayed, by result.", ["result"], registry=r
         )
+        self.login_lockouts = Counter(
+            "ftpsproxy_login_lockouts",
+            "Client addresses locked out after too many failed logins.",
+            registry=r,
+        )
+        self.locked_out_addresses = Gauge(
+            "ftpsproxy_locked_out_addresses",
+            "Client addresses currently locked out after failed logins.",
+            registry=r,
+        )
+        self.data_timeouts = Counter(
+            "ftpsproxy_data_timeouts",
+            "Data connections ended by a timeout: stall (no byte moved) or close "
+            "(the peer never finished closing).",
+            ["kind"],
+            registry=r,
+        )
         self.session_duration = Histogram(
             "ftpsproxy_session_duration_seconds",
             "How long client sessions lasted.",
@@ -87,6 +104,13 @@ class Metrics:
             "How long data transfers took, by direction.",
             ["direction"],
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200),
+            registry=r,
+        )
+        self.data_paths = Counter(
+            "ftpsproxy_data_paths",
+            "Transfers by how their bytes were relayed: splice (in the kernel, plain to "
+            "plain) or copy (through Python, TLS on either side).",
+            ["path"],
             registry=r,
         )
         self.transfers_active = Gauge(
@@ -140,5 +164,11 @@ class Metrics:
         )
         for direction in DIRECTIONS:
             self.bytes_total.labels(direction=direction)
+        for path in ("splice", "copy"):
+            self.data_paths.labels(path=path)
+        for kind in ("stall", "close"):
+            self.data_timeouts.labels(kind=kind)
+        for reason in ("limit", "lockout"):
+            self.sessions_refused.labels(reason=reason)
         self.transfers_active.set(0)
         self.passive_ports_in_use.set(0)

@@ -5,6 +5,10 @@ transport (as in Twisted's ``portforward``): flow control both ways, no queue
 of our own beyond the single read a side may deliver before it is coupled.
 The channel reports its end once *both* connections are closed, which is when
 the session may pass the backend's final reply on to the client.
+
+When neither side is TLS the bytes need not pass through Python at all: a
+:class:`~ftpsproxy.splice.SplicePump` moves them in the kernel, and the channel
+only sees byte counts and the pump's end.
 """
 
 from __future__ import annotations
@@ -23,12 +27,18 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .backendtls import session_reused
+from .closing import CloseDeadline
 from .ftp.policy import Direction
 from .metrics import Metrics
 from .sockets import tune
+from .splice import SpliceError, SplicePump, spliceable
 from .tlsconfig import failure_reason
 
 log = Logger()
+
+# The kernel relay's pipe: enough to keep a loopback or LAN link busy, and within the
+# default per-user pipe quota (pipe-user-pages-soft: 16 MiB) for 64 transfers at once.
+PIPE_SIZE = 256 * 1024
 
 
 class Side(enum.Enum):
@@ -41,6 +51,7 @@ class Outcome(enum.Enum):
     CLIENT_FAILED = "client_failed"  # client's data connection failed or never came
     BACKEND_FAILED = "backend_failed"  # backend's data connection failed or never came
     ABORTED = "aborted"  # closed on purpose: ABOR, an error reply, the session ending
+    STALLED = "stalled"  # no byte moved for the stall timeout
 
 
 @implementer(IHandshakeListener)
@@ -63,6 +74,9 @@ class DataConnection(Protocol):
         self._handshake_timer: IDelayedCall | None = None
         self.failure_counted = False
         self.has_producer = False  # the other side is registered as our producer
+        self._closing = CloseDeadline(
+            channel._reactor, channel.close_timeout, on_expired=self._close_timed_out
+        )
 
     # -- Twisted callbacks ------------------------------------------------------------------
 
@@ -103,7 +117,15 @@ class DataConnection(Protocol):
             self._held.append(data)
             self.transport.pauseProducing()  # type: ignore[union-attr]
 
+    def _close_timed_out(self) -> None:
+        log.info(
+            "{side} data connection did not finish closing in time: reset",
+            side=self.side.value,
+        )
+        self.channel._metrics.data_timeouts.labels(kind="close").inc()
+
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self._closing.cancel()
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self.ended = True
@@ -113,12 +135,23 @@ class DataConnection(Protocol):
     # -- used by the channel ----------------------------------------------------------------
 
     @property
+    def close_expired(self) -> bool:
+        """Our close did not finish within the close timeout, and the connection was reset."""
+        return self._closing.expired
+
+    @property
     def clean_end(self) -> bool:
         return self.end_reason is not None and self.end_reason.check(ConnectionDone) is not None
+
+    def take_held(self) -> bytes:
+        """What was read before the transfer started (the kernel relay sends it first)."""
+        held, self._held = self._held, []
+        return b"".join(held)
 
     def forward_to(self, sink: DataConnection) -> None:
         """Start relaying our input to *sink*, with *sink* pausing us when it cannot keep up."""
         self._sink = sink
+        self.channel._metrics.data_paths.labels(path="copy").inc()
         held, self._held = self._held, []
         for chunk in held:
             self.channel._count(len(chunk))
@@ -143,7 +176,7 @@ class DataConnection(Protocol):
             self._finish_after_handshake = True
             return
         self._unregister_producer()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._closing.close(self.transport)
 
     def abort(self) -> None:
         if not self.connected_ or self.ended:
@@ -183,6 +216,9 @@ class DataChannel:
         connect_timeout: float,
         handshake_timeout: float = 10.0,
         require_session_reuse: bool = False,
+        stall_timeout: float = 300.0,
+        close_timeout: float = 10.0,
+        splice: bool = False,
     ) -> None:
         self._reactor = reactor
         self._metrics = metrics
@@ -191,6 +227,9 @@ class DataChannel:
         self.backend_tls = backend_tls
         self.handshake_timeout = handshake_timeout
         self.require_session_reuse = require_session_reuse
+        self.stall_timeout = stall_timeout
+        self.close_timeout = close_timeout
+        self.splice = splice  # may use a SplicePump (the kernel supports it, config allows)
         # A reply the session must send instead of the backend's (code, text).
         self.refusal: tuple[int, str] | None = None
         # Active mode: where the proxy connects to the client, instead of listening.
@@ -214,6 +253,9 @@ class DataChannel:
         self._timer: DelayedCall | None = reactor.callLater(  # type: ignore[assignment]
             connect_timeout, self._connect_timed_out
         )
+        self._stall_timer: IDelayedCall | None = None
+        self._bytes_at_last_check = 0
+        self._pump: SplicePump | None = None
 
     @property
     def finished(self) -> bool:
@@ -318,7 +360,9 @@ class DataChannel:
             if sink.ended:
                 self._end(Outcome.COMPLETE)
         elif source.ended and self._closing_sink:
-            self._end(Outcome.COMPLETE)
+            # A sink reset because it did not finish closing in time may not have had
+            # everything: a client that stopped reading must not be told 226.
+            self._end(_failure_of(sink) if sink.close_expired else Outcome.COMPLETE)
         else:
             self._end(_failure_of(sink))
 
@@ -343,15 +387,79 @@ class DataChannel:
             self._end(Outcome.CLIENT_FAILED)  # a tiny upload that already ended uncleanly
             return
         self._started = True
+        self._stall_timer = self._reactor.callLater(self.stall_timeout, self._check_progress)
         sink.discard_input()
-        source.forward_to(sink)
         if source.ended:
+            source.forward_to(sink)
             self._closing_sink = True
             sink.finish()
+        elif not self._start_pump(source, sink):
+            source.forward_to(sink)
+
+    def _start_pump(self, source: DataConnection, sink: DataConnection) -> bool:
+        """Relay in the kernel if both sides are plain TCP; False to relay in Python."""
+        if not (self.splice and spliceable(source.transport) and spliceable(sink.transport)):
+            return False
+        pump = SplicePump(
+            self._reactor,  # type: ignore[arg-type]
+            source.transport,  # type: ignore[arg-type]
+            sink.transport,  # type: ignore[arg-type]
+            on_progress=self._count,
+            on_done=self._pump_done,
+            pipe_size=PIPE_SIZE,
+        )
+        try:
+            pump.start(initial=source.take_held())
+        except (ValueError, OSError) as error:
+            log.info("relaying in Python: splice could not start ({error})", error=error)
+            return False
+        self._pump = pump
+        self._metrics.data_paths.labels(path="splice").inc()
+        return True
+
+    def _pump_done(self, reason: Failure | None) -> None:
+        """The pump ended by itself: at the source's end (its EOF is read again by
+        Twisted, which ends the transfer as usual), or with an error on one side."""
+        self._pump = None
+        if reason is None or self.finished:
+            return
+        error = reason.value
+        assert isinstance(error, SpliceError)
+        log.info("kernel relay failed: {error}", error=error)
+        source, sink = self._source_and_sink()
+        if error.side == "source":
+            self._end(_failure_of(source))
+        elif error.side == "sink":
+            self._end(_failure_of(sink))
+        else:
+            self._end(Outcome.ABORTED)
+
+    def _stop_pump(self) -> None:
+        """Give both transports back to Twisted before anyone else touches them."""
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.stop()
 
     def _count(self, size: int) -> None:
         self.bytes += size
         self._bytes_counter.inc(size)
+
+    def _check_progress(self) -> None:
+        """Every stall timeout while relaying: end the transfer if no byte moved since."""
+        self._stall_timer = None
+        if self.finished or self._closing_sink:
+            return  # closing is bounded by each connection's close deadline
+        if self.bytes == self._bytes_at_last_check:
+            log.info(
+                "transfer stalled: no data for {seconds:g}s after {bytes} bytes",
+                seconds=self.stall_timeout,
+                bytes=self.bytes,
+            )
+            self._metrics.data_timeouts.labels(kind="stall").inc()
+            self._end(Outcome.STALLED)
+            return
+        self._bytes_at_last_check = self.bytes
+        self._stall_timer = self._reactor.callLater(self.stall_timeout, self._check_progress)
 
     def _connect_timed_out(self) -> None:
         self._timer = None
@@ -368,8 +476,12 @@ class DataChannel:
             self._timer = None
 
     def _end(self, outcome: Outcome) -> None:
+        self._stop_pump()
         self.outcome = outcome
         self._cancel_timer()
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
         if outcome is not Outcome.COMPLETE:
             self.client.stop_relaying()
             self.backend.stop_relaying()

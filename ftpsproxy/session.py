@@ -64,10 +64,12 @@ from .ftp.policy import (
     verb_label,
 )
 from .ftp.replies import Reply, make_reply
+from .loginguard import LoginGuard
 from .metrics import Metrics
 from .passive import BackendDataListener, PassiveListener, same_host
 from .ports import PortAllocator
 from .relay import DataChannel, Outcome
+from .splice import splice_supported
 from .tlsconfig import ReloadableServerTLS, ServerTLS
 from .xferlog import TransferRecord, XferLog
 
@@ -127,13 +129,24 @@ class ProxyContext:
     sessions_per_ip: Counter[str] = field(default_factory=Counter)
     backend_features: list[str] = field(default_factory=list)  # from the last FEAT asked
     xferlog: XferLog | None = None
+    login_guard: LoginGuard = field(init=False)
+    splice: bool = field(init=False)  # plain-to-plain transfers may move in the kernel
 
-    def admission_refusal(self, client_host: str) -> str | None:
-        """Why a new connection from *client_host* must be refused (421), if it must."""
+    def __post_init__(self) -> None:
+        self.splice = self.config.data_path == "splice" and splice_supported(self.reactor)
+        self.login_guard = LoginGuard(self.config.max_login_failures, self.config.login_lockout)
+        self.metrics.locked_out_addresses.set_function(
+            lambda: self.login_guard.locked_count(self.reactor.seconds())
+        )
+
+    def admission_refusal(self, client_host: str) -> tuple[str, str] | None:
+        """Why a new connection from *client_host* must be refused (421): (reason, text)."""
+        if self.login_guard.locked(client_host, self.reactor.seconds()):
+            return "lockout", "Too many failed logins from your address; try again later."
         if len(self.open_sessions) >= self.config.max_sessions:
-            return "Too many sessions; try again later."
+            return "limit", "Too many sessions; try again later."
         if self.sessions_per_ip[client_host] >= self.config.max_sessions_per_ip:
-            return "Too many sessions from your address."
+            return "limit", "Too many sessions from your address."
         return None
 
 
@@ -171,6 +184,7 @@ class Session:
         self._connect_started = 0.0
         self._login_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
+        self._penalty_timer: IDelayedCall | None = None  # a failed login's late answer
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -221,7 +235,7 @@ class Session:
         self._close(421, "Service shutting down.")
 
     def _cancel_timers(self) -> None:
-        for timer in (self._login_timer, self._idle_timer):
+        for timer in (self._login_timer, self._idle_timer, self._penalty_timer):
             if timer is not None and timer.active():
                 timer.cancel()
 
@@ -341,11 +355,11 @@ class Session:
             elif self._tls_refused():
                 self._reply(530, "TLS required: use AUTH TLS before logging in.")
             else:
-                self._relay(command, on_final=self._login_result)
+                self._relay_login(command)
         elif verb == "HOST":
             self._host(command)
         elif verb == "ACCT" and self.state is State.LOGGING_IN:
-            self._relay(command, on_final=self._login_result)
+            self._relay_login(command)
         elif verb in ("AUTH", "PBSZ", "PROT", "FEAT", "OPTS", "NOOP", "SYST", "QUIT"):
             self._local(command)
         elif verb in REFUSALS:
@@ -389,7 +403,7 @@ class Session:
                 self._reply(530, "User name does not match the client certificate.")
                 return
         if self.state is State.LOGGING_IN:
-            self._relay(command, on_final=self._login_result)
+            self._relay_login(command)
             return
         self._goto(State.CONNECTING)
         self._busy = True
@@ -419,10 +433,10 @@ class Session:
             # Backends without HOST answer 500/502: the login goes on regardless.
             self._request(
                 self.virtual_host.encode(),
-                lambda reply: self._relay(user, on_final=self._login_result),
+                lambda reply: self._relay_login(user),
             )
             return
-        self._relay(user, on_final=self._login_result)
+        self._relay_login(user)
 
     def _backend_failed(self, reason: Failure) -> None:
         error = reason.value
@@ -445,15 +459,68 @@ class Session:
         log.warn("session {session} {why}", session=self.id, why=why)
         self._close(421, text)
 
-    def _login_result(self, reply: Reply) -> None:
-        if reply.code in (230, 202):
-            self.metrics.logins_total.labels(result="success").inc()
-            if self.state is State.LOGGING_IN:
-                self._goto(State.READY)
-                if self._login_timer is not None and self._login_timer.active():
-                    self._login_timer.cancel()
-        elif reply.code == 530:
-            self.metrics.logins_total.labels(result="failure").inc()
+    def _relay_login(self, command: Command) -> None:
+        """USER/PASS/ACCT: like ``_relay``, but a refused login is paid for (``_login_failed``).
+
+        An address locked out meanwhile (by its other sessions) may not go on guessing here.
+        """
+        if self.context.login_guard.locked(self.client.peer_host, self.context.reactor.seconds()):
+            self._close(421, "Too many failed logins from your address; try again later.")
+            return
+
+        def handler(reply: Reply) -> None:
+            if reply.is_preliminary:
+                self._send(reply)
+            elif reply.code == 530:
+                self._login_failed(reply)
+            else:
+                self._send(reply)
+                if reply.code in (230, 202):
+                    self._logged_in_now()
+                self._done()
+
+        self._request(command.encode(), handler)
+
+    def _logged_in_now(self) -> None:
+        self.metrics.logins_total.labels(result="success").inc()
+        if self.state is State.LOGGING_IN:
+            self._goto(State.READY)
+            if self._login_timer is not None and self._login_timer.active():
+                self._login_timer.cancel()
+
+    def _login_failed(self, reply: Reply) -> None:
+        """Count the failure against the client's address; answer late; lock out past the limit.
+
+        The session stays busy meanwhile, so pipelined guesses wait their turn too.
+        """
+        self.metrics.logins_total.labels(result="failure").inc()
+        host = self.client.peer_host
+        locked = self.context.login_guard.failed(host, self.context.reactor.seconds())
+        if locked:
+            self.metrics.login_lockouts.inc()
+            log.warn(
+                "session {session} client {client} locked out for {seconds:g}s after "
+                "{count} failed logins",
+                session=self.id,
+                client=host,
+                seconds=self.config.login_lockout,
+                count=self.config.max_login_failures,
+            )
+
+        def answer() -> None:
+            self._penalty_timer = None
+            self._send(reply)
+            if locked:
+                self._close(421, "Too many failed logins from your address; try again later.")
+            else:
+                self._done()
+
+        if self.config.login_failure_delay > 0:
+            self._penalty_timer = self.context.reactor.callLater(
+                self.config.login_failure_delay, answer
+            )
+        else:
+            answer()
 
     # -- logged in --------------------------------------------------------------------------
 
@@ -639,6 +706,9 @@ class Session:
             connect_timeout=self.config.passive_timeout,
             handshake_timeout=self.config.tls_handshake_timeout,
             require_session_reuse=self.config.require_session_reuse,
+            stall_timeout=self.config.data_stall_timeout,
+            close_timeout=self.config.close_timeout,
+            splice=self.context.splice,
         )
 
     # -- active mode (PORT / EPRT) ----------------------------------------------------------

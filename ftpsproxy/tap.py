@@ -85,11 +85,58 @@ class Options(usage.Options):
             "Seconds between TCP probes of the backend for /readyz (default 5).",
         ],
         ["log-format", None, None, "text (default) or json: one JSON object per line."],
+        [
+            "data-path",
+            None,
+            None,
+            "splice (default): plain-to-plain transfers move in the kernel (Linux splice), "
+            "others through Python; copy: always through Python.",
+        ],
+        [
+            "workers",
+            None,
+            None,
+            "Processes sharing the listening sockets, each with its own slice of "
+            "--passive-ports (default 1).",
+        ],
         ["xferlog", None, None, "Append a wu-ftpd/ProFTPD xferlog line per file transfer here."],
         ["max-sessions", None, None, "Sessions open at once, in total (default 1000)."],
         ["max-sessions-per-ip", None, None, "Sessions open at once per client IP (default 50)."],
         ["login-timeout", None, None, "Seconds from connection to login (default 60)."],
         ["idle-timeout", None, None, "Seconds without a command, outside transfers (default 900)."],
+        [
+            "data-stall-timeout",
+            None,
+            None,
+            "Seconds a running transfer may move no byte before it is aborted (default 300).",
+        ],
+        [
+            "close-timeout",
+            None,
+            None,
+            "Seconds a closing connection may take to flush and answer TLS close_notify "
+            "before it is reset (default 10).",
+        ],
+        [
+            "max-login-failures",
+            None,
+            None,
+            "Failed logins from one IP within --login-lockout seconds that lock it out "
+            "(default 5).",
+        ],
+        [
+            "login-lockout",
+            None,
+            None,
+            "Seconds an IP stays locked out (new sessions get 421); also the window "
+            "failures are counted over (default 300).",
+        ],
+        [
+            "login-failure-delay",
+            None,
+            None,
+            "Seconds every failed login's 530 is held back, 0 to 60 (default 1).",
+        ],
         [
             "backend-reply-timeout",
             None,

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -422,6 +422,38 @@ def test_download_final_reply_waits_for_client_data_close(harness: Harness) -> N
     assert done._value.get() == 1
 
 
+def test_download_the_client_never_finishes_taking_is_426_not_226() -> None:
+    """The backend sent everything, but the client's side does not close within the close
+    timeout (it stopped reading, or never answers close_notify): reset it, and the backend's
+    226 becomes 426, since the client may not have every byte."""
+    harness = Harness(close_timeout=2.0)
+    harness.login()
+    _, factory = _passive(harness)
+    harness.replies()
+    client_data, client_transport = _client_data(factory)
+    harness.send(b"RETR file\r\n")
+    backend_data, _ = _backend_data(harness)
+    harness.backend_says(b"150 Opening data connection\r\n")
+    backend_data.dataReceived(b"x" * 1000)
+    backend_data.connectionLost(Failure(ConnectionDone()))
+    harness.backend_says(b"226 Transfer complete\r\n")
+    assert client_transport.disconnecting and not client_transport.disconnected
+    harness.reactor.advance(1.9)
+    assert harness.replies() == b"150 Opening data connection\r\n"
+    harness.reactor.advance(0.1)
+    assert client_transport.disconnected  # abortConnection
+    client_data.connectionLost(Failure(ConnectionLost()))
+    assert harness.replies() == b"426 Connection closed; transfer aborted.\r\n"
+    assert (
+        harness.metrics.registry.get_sample_value(
+            "ftpsproxy_data_timeouts_total", {"kind": "close"}
+        )
+        == 1
+    )
+    failed = harness.metrics.transfers_total.labels(direction="download", result="failed")
+    assert failed._value.get() == 1
+
+
 def test_upload_closes_backend_only_after_all_bytes_and_relays_226(harness: Harness) -> None:
     harness.login()
     _, factory = _passive(harness)
@@ -664,3 +696,87 @@ def test_stat_during_a_transfer_is_answered_by_the_proxy(harness: Harness) -> No
     harness.send(b"STAT\r\n")
     assert harness.replies() == b"213 Status: download in progress, 4096 bytes relayed.\r\n"
     assert harness.sent_to_backend() == b""
+
+
+# -- failed logins -------------------------------------------------------------------------
+
+
+def _fail_login(harness: Harness, *, first: bool = False) -> None:
+    harness.send(b"USER demo\r\n")
+    if first:
+        harness.control, harness.backend_transport = harness.backend.accept()
+    assert harness.sent_to_backend() == b"USER demo\r\n"
+    harness.backend_says(b"331 Password required\r\n")
+    harness.send(b"PASS wrong\r\n")
+    assert harness.sent_to_backend() == b"PASS wrong\r\n"
+    harness.backend_says(b"530 Login incorrect.\r\n")
+
+
+def test_failed_login_is_answered_late_and_holds_pipelined_commands() -> None:
+    harness = Harness(login_failure_delay=2.0)
+    harness.replies()
+    _fail_login(harness, first=True)
+    harness.send(b"USER again\r\n")
+    assert harness.replies() == b"331 Password required\r\n"  # the 530 is held back
+    assert harness.sent_to_backend() == b""  # and so is the next guess
+    harness.reactor.advance(1.9)
+    assert harness.replies() == b""
+    harness.reactor.advance(0.1)
+    assert harness.replies() == b"530 Login incorrect.\r\n"
+    assert harness.sent_to_backend() == b"USER again\r\n"
+    sample = harness.metrics.registry.get_sample_value
+    assert sample("ftpsproxy_logins_total", {"result": "failure"}) == 1
+
+
+def test_too_many_failed_logins_lock_the_address_out() -> None:
+    harness = Harness(login_failure_delay=0.5, max_login_failures=2, login_lockout=60.0)
+    harness.replies()
+    _fail_login(harness, first=True)
+    harness.reactor.advance(0.5)
+    assert harness.replies() == b"331 Password required\r\n530 Login incorrect.\r\n"
+    _fail_login(harness)
+    harness.reactor.advance(0.5)
+    assert harness.replies() == (
+        b"331 Password required\r\n530 Login incorrect.\r\n"
+        b"421 Too many failed logins from your address; try again later.\r\n"
+    )
+    assert harness.state is State.CLOSED
+    assert harness.client_transport.disconnecting
+    sample = harness.metrics.registry.get_sample_value
+    assert sample("ftpsproxy_login_lockouts_total") == 1
+    assert sample("ftpsproxy_locked_out_addresses") == 1
+
+    # A new connection from the same address is refused before any backend contact.
+    again = FrontendProtocol(harness.context, "test", "plain")
+    transport = StringTransport(hostAddress=PROXY, peerAddress=CLIENT)
+    again.makeConnection(transport)
+    locked_out = b"421 Too many failed logins from your address; try again later.\r\n"
+    assert transport.value() == locked_out
+    assert transport.disconnecting and again.session is None
+    assert sample("ftpsproxy_sessions_refused_total", {"reason": "lockout"}) == 1
+    assert len(harness.backend.pending) == 0
+
+    # Another address is not affected; the lock ends after the lockout period.
+    other = FrontendProtocol(harness.context, "test", "plain")
+    other_transport = StringTransport(
+        hostAddress=PROXY, peerAddress=IPv4Address("TCP", "127.0.0.6", 50001)
+    )
+    other.makeConnection(other_transport)
+    assert other_transport.value() == b"220 ftpsproxy ready.\r\n"
+    harness.reactor.advance(60)
+    later = FrontendProtocol(harness.context, "test", "plain")
+    later_transport = StringTransport(hostAddress=PROXY, peerAddress=CLIENT)
+    later.makeConnection(later_transport)
+    assert later_transport.value() == b"220 ftpsproxy ready.\r\n"
+    assert sample("ftpsproxy_locked_out_addresses") == 0
+
+
+def test_client_that_never_finishes_closing_is_reset_after_the_close_timeout() -> None:
+    harness = Harness(close_timeout=3.0)
+    harness.replies()
+    harness.send(b"QUIT\r\n")
+    assert harness.replies() == b"221 Goodbye.\r\n"
+    assert harness.client_transport.disconnecting
+    assert not harness.client_transport.disconnected
+    harness.reactor.advance(3.0)
+    assert harness.client_transport.disconnected
