@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .backendtls import BackendSessionTLS, BackendTLSSettings
+from .closing import CloseDeadline
 from .config import BackendAddress
 from .factories import PrebuiltFactory
 from .ftp.errors import FTPSyntaxError
@@ -87,6 +88,7 @@ class BackendControl(Protocol):
         self._clock: IReactorTime | None = None
         self._reply_timeout = 60.0
         self._reply_timer: IDelayedCall | None = None
+        self._closing: CloseDeadline | None = None
 
     @property
     def peer_host(self) -> str:
@@ -100,14 +102,16 @@ class BackendControl(Protocol):
     def connectionMade(self) -> None:
         tune(self.transport)
 
-    def watch_replies(self, clock: IReactorTime, timeout: float) -> None:
-        """From now on, a command unanswered for *timeout* seconds ends the connection.
+    def watch_replies(self, clock: IReactorTime, timeout: float, close_timeout: float) -> None:
+        """From now on, a command unanswered for *timeout* seconds ends the connection,
+        and so does a close the backend has not completed after *close_timeout*.
 
         Only the first reply is bounded: after a 1xx the final reply of a transfer may
         rightly take as long as the transfer.
         """
         self._clock = clock
         self._reply_timeout = timeout
+        self._closing = CloseDeadline(clock, close_timeout)
 
     def _arm_reply_timer(self) -> None:
         if self._clock is None:
@@ -137,7 +141,11 @@ class BackendControl(Protocol):
 
     def close(self) -> None:
         self.closing = True
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if self._closing is not None:
+            self._closing.close(self.transport)
+        else:
             self.transport.loseConnection()
 
     def abort(self) -> None:
@@ -225,6 +233,8 @@ class BackendControl(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._disarm_reply_timer()
+        if self._closing is not None:
+            self._closing.cancel()
         if not self._is_ready and not self.ready.called:
             if self.tls is not None and self.tls.failure is not None:
                 self._fail(BackendTLSError(self.tls.failure, kind="verification"))

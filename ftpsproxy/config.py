@@ -6,6 +6,7 @@ names (``passive-ports = "41000-41019"``); errors name the offending key.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import tomllib
 from collections.abc import Mapping
@@ -285,3 +286,58 @@ def build_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) 
             f"(passive-ports has {config.passive_ports.size})"
         )
     return config
+
+
+# What SIGHUP may change in a running proxy: limits and timeouts (new sessions and
+# commands see them), login throttling, and the TLS files (the certificate is loaded
+# again).  Everything else (listeners, backend, port range, workers...) needs a restart.
+RELOADABLE: frozenset[str] = frozenset(
+    {
+        "certificate",
+        "private_key",
+        "tls_minimum_version",
+        "tls_ciphers",
+        "client_ca",
+        "client_certificate",
+        "client_certificate_user_match",
+        "require_tls",
+        "require_session_reuse",
+        "public_address",
+        "passive_timeout",
+        "tls_handshake_timeout",
+        "max_sessions",
+        "max_sessions_per_ip",
+        "login_timeout",
+        "idle_timeout",
+        "backend_reply_timeout",
+        "drain_timeout",
+        "data_stall_timeout",
+        "close_timeout",
+        "max_login_failures",
+        "login_lockout",
+        "login_failure_delay",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """What a reload found: the config to run with now, and what changed."""
+
+    config: Config
+    applied: dict[str, tuple[Any, Any]]  # field -> (old, new), now in effect
+    needs_restart: dict[str, tuple[Any, Any]]  # field -> (old, new), ignored until restart
+
+
+def reload_config(current: Config, fresh: Config) -> ConfigChange:
+    """Take from *fresh* what may change while running; report the rest."""
+    applied: dict[str, tuple[Any, Any]] = {}
+    needs_restart: dict[str, tuple[Any, Any]] = {}
+    for name in current.__dataclass_fields__:
+        old, new = getattr(current, name), getattr(fresh, name)
+        if old == new:
+            continue
+        reloadable = name in RELOADABLE and current.tls_enabled == fresh.tls_enabled
+        (applied if reloadable else needs_restart)[name] = (old, new)
+    config = dataclasses.replace(current, **{name: new for name, (_, new) in applied.items()})
+    return ConfigChange(config, applied, needs_restart)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -13,7 +14,7 @@ from twisted.logger import ILogObserver, Logger
 
 from .backend import BackendConnector
 from .backendtls import BackendTLSSettings
-from .config import Config
+from .config import Config, ConfigChange, reload_config
 from .errors import ConfigError
 from .frontend import frontend_factory
 from .health import BackendHealth
@@ -31,9 +32,15 @@ log = Logger()
 class ProxyService(MultiService):
     """Owns the listeners; ``context`` is what every session shares."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        reread_config: Callable[[], Config] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self._reread_config = reread_config  # SIGHUP: the file and command line, again
         server_tls = None
         if config.tls_enabled:
             server_tls = ReloadableServerTLS(self._load_server_tls())
@@ -99,10 +106,44 @@ class ProxyService(MultiService):
             client_certificate=config.client_certificate,
         )
 
-    def reload_tls(self) -> bool:
-        """Load the certificate and key again (SIGHUP); on failure keep the old ones."""
+    def reload(self) -> None:
+        """SIGHUP: reopen the xferlog, re-read the configuration, reload the certificate.
+
+        Changes that are safe while running (limits, timeouts, TLS files) apply to new
+        sessions; the others are logged and wait for a restart.  A file that no longer
+        parses changes nothing.
+        """
         if self.context.xferlog is not None:
             self.context.xferlog.reopen()  # after rotation by logrotate
+        if self._reread_config is not None:
+            try:
+                fresh = self._reread_config()
+            except ConfigError as error:
+                log.error("SIGHUP: configuration not reloaded: {error}", error=error)
+            else:
+                self._apply(reload_config(self.config, fresh))
+        self.reload_tls()
+
+    def _apply(self, change: ConfigChange) -> None:
+        for name, (old, new) in sorted(change.applied.items()):
+            log.info("SIGHUP: {name} changed from {old} to {new}", name=name, old=old, new=new)
+        for name, (old, new) in sorted(change.needs_restart.items()):
+            log.warn(
+                "SIGHUP: {name} changed from {old} to {new}: takes effect after a restart",
+                name=name,
+                old=old,
+                new=new,
+            )
+        if not change.applied and not change.needs_restart:
+            log.info("SIGHUP: configuration unchanged")
+        self.config = change.config
+        self.context.config = change.config
+        guard = self.context.login_guard
+        guard.max_failures = change.config.max_login_failures
+        guard.lockout = change.config.login_lockout
+
+    def reload_tls(self) -> bool:
+        """Load the certificate and key again (SIGHUP); on failure keep the old ones."""
         if self.context.server_tls is None:
             return True
         try:
@@ -119,7 +160,7 @@ class ProxyService(MultiService):
         reactor = self.context.reactor
 
         def on_sighup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self.reload_tls)
+            reactor.callFromThread(self.reload)
 
         def on_sigterm(signum: int, frame: object) -> None:
             # A graceful stop is a normal exit (0): twistd would re-raise the signal.

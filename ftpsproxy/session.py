@@ -424,7 +424,9 @@ class Session:
             backend.close()
             return
         self.backend = backend
-        backend.watch_replies(self.context.reactor, self.config.backend_reply_timeout)
+        backend.watch_replies(
+            self.context.reactor, self.config.backend_reply_timeout, self.config.close_timeout
+        )
         backend.on_lost = self._backend_lost
         backend.on_unsolicited = self._backend_unsolicited
         self._goto(State.LOGGING_IN)

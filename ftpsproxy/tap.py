@@ -10,7 +10,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from . import __version__
-from .config import build_config, load_toml
+from .config import Config, build_config, load_toml
 from .errors import ConfigError
 
 
@@ -186,11 +186,16 @@ class Options(usage.Options):
             "backend-insecure",
         ):
             cli[flag] = True if self[flag] else None
+        self._cli = cli
         try:
-            file_values = load_toml(Path(self["config"])) if self["config"] else {}
-            self.config = build_config(file_values, cli)
+            self.config = self.read_config()
         except ConfigError as error:
             raise usage.UsageError(str(error)) from error
+
+    def read_config(self) -> Config:
+        """The configuration file (read again on every call) merged with the command line."""
+        file_values = load_toml(Path(self["config"])) if self["config"] else {}
+        return build_config(file_values, self._cli)
 
 
 def makeService(options: Options) -> IService:
@@ -199,6 +204,6 @@ def makeService(options: Options) -> IService:
     from .service import ProxyService
 
     try:
-        return ProxyService(options.config, reactor)
+        return ProxyService(options.config, reactor, reread_config=options.read_config)
     except ConfigError as error:
         raise SystemExit(f"ftpsproxy: {error}") from error

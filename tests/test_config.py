@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from ftpsproxy.config import BackendAddress, PortRange, build_config, load_toml, parse_backend_url
+from ftpsproxy.config import (
+    BackendAddress,
+    PortRange,
+    build_config,
+    load_toml,
+    parse_backend_url,
+    reload_config,
+)
 from ftpsproxy.errors import ConfigError
 
 BASE = {"backend": "ftp://127.0.0.1:2100", "listen": ["tcp:2121"]}
@@ -68,3 +75,27 @@ def test_shipped_example_config_is_valid() -> None:
     values = load_toml(example)
     config = build_config(values, {})
     assert config.listen and config.backend.scheme == "ftp"
+
+
+def test_reload_applies_limits_and_timeouts_but_not_listeners() -> None:
+    base = {"backend": "ftp://127.0.0.1:2121", "listen": ["tcp:2100"]}
+    current = build_config(base, {"max-sessions": "10"})
+    fresh = build_config(
+        {**base, "listen": ["tcp:2200"], "idle-timeout": 30}, {"max-sessions": "20"}
+    )
+    change = reload_config(current, fresh)
+    assert change.applied == {"max_sessions": (10, 20), "idle_timeout": (900.0, 30.0)}
+    assert change.needs_restart == {"listen": (("tcp:2100",), ("tcp:2200",))}
+    assert change.config.max_sessions == 20 and change.config.idle_timeout == 30.0
+    assert change.config.listen == ("tcp:2100",)  # still what is bound
+    unchanged = reload_config(change.config, change.config)
+    assert unchanged.applied == {} and unchanged.needs_restart == {}
+
+
+def test_reload_cannot_turn_tls_on() -> None:
+    base = {"backend": "ftp://127.0.0.1:2121", "listen": ["tcp:2100"]}
+    current = build_config(base, {})
+    fresh = build_config({**base, "certificate": "c.pem", "private-key": "k.pem"}, {})
+    change = reload_config(current, fresh)
+    assert set(change.needs_restart) == {"certificate", "private_key"}
+    assert change.config.certificate is None

@@ -1,4 +1,4 @@
-"""Process life: SIGTERM drains sessions gracefully and exits 0."""
+"""Process life: SIGTERM drains sessions gracefully and exits 0; SIGHUP reloads the config."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
 from tests.support.clients import make_random_file
+from tests.support.ports import free_port, free_port_range
 from tests.test_e2e_core import start_proxy
 
 
@@ -58,3 +60,38 @@ def test_sigterm_lets_a_running_transfer_finish_and_closes_idle_sessions(
         time.sleep(0.05)
     assert proxy.returncode == 0  # type: ignore[attr-defined]
     assert "Traceback" not in proxy.log_text()  # type: ignore[attr-defined]
+
+
+def test_sighup_applies_safe_config_changes_and_logs_what_changed(
+    make_proxy: MakeProxy, backend: PyftpdBackend, tmp_path: Path
+) -> None:
+    port, (low, high) = free_port(), free_port_range(4)
+    config = tmp_path / "ftpsproxy.toml"
+    base = (
+        f'listen = ["tcp:{port}:interface=127.0.0.1"]\n'
+        f'backend = "{backend.url}"\npassive-ports = "{low}-{high}"\n'
+    )
+    config.write_text(base + "max-sessions-per-ip = 5\n")
+    proxy = make_proxy("--config", str(config), ports=[port])
+    first = ftplib.FTP()
+    first.connect("127.0.0.1", port, timeout=10)
+
+    # A limit lowered takes effect for new sessions; a listener change waits for a restart.
+    other = free_port()
+    config.write_text(base.replace(f"tcp:{port}:", f"tcp:{other}:") + "max-sessions-per-ip = 1\n")
+    os.kill(proxy.pid, signal.SIGHUP)
+    proxy.wait_log(r"SIGHUP: max_sessions_per_ip changed from 5 to 1")
+    proxy.wait_log(r"SIGHUP: listen changed .* takes effect after a restart")
+    second = ftplib.FTP()
+    with pytest.raises(ftplib.error_temp, match=r"^421 Too many sessions from your address"):
+        second.connect("127.0.0.1", port, timeout=10)
+    second.close()
+    first.login(backend.user, backend.password)  # the session that was open goes on
+
+    # A file that no longer parses changes nothing.
+    config.write_text("max-sessions-per-ip = [\n")
+    os.kill(proxy.pid, signal.SIGHUP)
+    proxy.wait_log(r"SIGHUP: configuration not reloaded")
+    assert first.nlst() == []
+    first.quit()
+    assert proxy.is_running()
