@@ -23,6 +23,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
+    IProtocolFactory,
     IReactorTCP,
     IReactorTime,
     IStreamClientEndpoint,
@@ -33,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .backendtls import BackendSessionTLS, BackendTLSSettings
+from .bulktls import BulkTLSFactory
 from .closing import CloseDeadline
 from .config import BackendAddress
 from .factories import PrebuiltFactory
@@ -329,7 +331,8 @@ class BackendConnector:
         With ``PROT P`` the data connection resumes the control connection's TLS session.
         """
         endpoint = self._endpoint(control.peer_host, port)
+        factory: IProtocolFactory = PrebuiltFactory(protocol)
         if control.tls is not None and control.protect_data:
-            endpoint = wrapClientTLS(control.tls.for_data(), endpoint)
-        connected: Deferred[Protocol] = endpoint.connect(PrebuiltFactory(protocol))  # type: ignore[assignment]
+            factory = BulkTLSFactory(control.tls.for_data(), True, factory)
+        connected: Deferred[Protocol] = endpoint.connect(factory)  # type: ignore[assignment]
         return connected

@@ -18,8 +18,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from .bulktls import BulkTLSFactory
 from .factories import PrebuiltFactory
 from .metrics import Metrics
 from .ports import PortAllocator
@@ -107,7 +107,7 @@ class PassiveListener:
         self._stop_listening()
         protocol = self._build()
         if self._tls is not None:
-            wrapper = TLSMemoryBIOFactory(self._tls, False, PrebuiltFactory(protocol))
+            wrapper = BulkTLSFactory(self._tls, False, PrebuiltFactory(protocol))
             return wrapper.buildProtocol(addr)
         return protocol
 
@@ -161,9 +161,7 @@ class BackendDataListener:
         self.close()
         protocol = self._build()
         if self._tls is not None:
-            return TLSMemoryBIOFactory(self._tls, True, PrebuiltFactory(protocol)).buildProtocol(
-                addr
-            )
+            return BulkTLSFactory(self._tls, True, PrebuiltFactory(protocol)).buildProtocol(addr)
         return protocol
 
     def close(self) -> None:

@@ -27,7 +27,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from .backend import (
@@ -37,6 +36,7 @@ from .backend import (
     BackendTLSError,
     ReplyHandler,
 )
+from .bulktls import BulkTLSFactory
 from .config import Config
 from .factories import PrebuiltFactory
 from .ftp import features
@@ -757,7 +757,7 @@ class Session:
         host, port = channel.active_target
         factory: IProtocolFactory = PrebuiltFactory(channel.client)
         if self.protect_data and self.server_tls is not None:
-            factory = TLSMemoryBIOFactory(self.server_tls, False, factory)
+            factory = BulkTLSFactory(self.server_tls, False, factory)
         endpoint_type = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
         endpoint = endpoint_type(
             self.context.reactor,

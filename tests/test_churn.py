@@ -247,17 +247,19 @@ def churn(make_proxy: MakeProxy, pki: Pki, tmp_path: Path) -> Iterator[Churn]:
     _raise_fd_limit(8 * CONCURRENT + 1024)
     backend = UnlimitedPyftpdBackend(tmp_path / "backend-root")
     backend.start()
-    proxied = start_proxy(
-        make_proxy,
-        backend,
-        pki,
-        "--health-interval", "3600",  # no probe connections in the middle of a count
-        "--max-sessions", str(4 * CONCURRENT),
-        "--max-sessions-per-ip", str(2 * CONCURRENT),
-        passive_count=CONCURRENT + 100,
-    )  # fmt: skip
-    yield Churn(proxied)
-    backend.stop()
+    try:
+        proxied = start_proxy(
+            make_proxy,
+            backend,
+            pki,
+            "--health-interval", "3600",  # no probe connections in the middle of a count
+            "--max-sessions", str(4 * CONCURRENT),
+            "--max-sessions-per-ip", str(2 * CONCURRENT),
+            passive_count=CONCURRENT + 100,
+        )  # fmt: skip
+        yield Churn(proxied)
+    finally:
+        backend.stop()
 
 
 def _proxy(churn: Churn) -> ProxyProcess:

@@ -1,0 +1,117 @@
+"""BulkTLSProtocol: the same bytes, order and closes as Twisted's TLS, in fewer, larger pieces.
+
+Both ends run in memory (``twisted.test.iosim``), against Twisted's own
+``TLSMemoryBIOProtocol`` on the other side, in both roles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport, IOPump, connect
+
+from ftpsproxy.bulktls import BulkTLSFactory, BulkTLSProtocol
+from tests.support.certs import Pki
+
+# Twisted's PrivateCertificate hands pyOpenSSL its legacy X509/PKey objects.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+class Collector(Protocol):
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
+        self.lost = reason
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.received)
+
+
+def _pair(pki: Pki, bulk_server: bool) -> tuple[Collector, Collector, IOPump, object, object]:
+    """A TLS server and client in memory: one bulk, the other Twisted's stock protocol."""
+    server_options = PrivateCertificate.loadPEM(
+        pki.server_cert.read_text() + pki.server_key.read_text()
+    ).options()
+    client_options = optionsForClientTLS(
+        "localhost", trustRoot=Certificate.loadPEM(pki.ca_cert.read_bytes())
+    )
+    server_app, client_app = Collector(), Collector()
+    server_kind = BulkTLSFactory if bulk_server else TLSMemoryBIOFactory
+    client_kind = TLSMemoryBIOFactory if bulk_server else BulkTLSFactory
+    server = server_kind(server_options, False, Factory.forProtocol(lambda: server_app))
+    client = client_kind(client_options, True, Factory.forProtocol(lambda: client_app))
+    server_tls = server.buildProtocol(None)
+    client_tls = client.buildProtocol(None)
+    pump = connect(
+        server_tls,
+        FakeTransport(server_tls, isServer=True),
+        client_tls,
+        FakeTransport(client_tls, isServer=False),
+        greet=True,
+    )
+    return server_app, client_app, pump, server_tls, client_tls
+
+
+@pytest.mark.parametrize("bulk_server", [True, False])
+def test_large_writes_arrive_whole_both_ways_and_close_cleanly(pki: Pki, bulk_server: bool) -> None:
+    server_app, client_app, pump, server_tls, client_tls = _pair(pki, bulk_server)
+    bulk_app = server_app if bulk_server else client_app
+    stock_app = client_app if bulk_server else server_app
+    bulk_tls = server_tls if bulk_server else client_tls
+    assert isinstance(bulk_tls, BulkTLSProtocol)
+    down = os.urandom(3 * 1024 * 1024 + 17)
+    up = os.urandom(1024 * 1024 + 5)
+    pump.flush()  # the handshake
+    socket_writes: list[int] = []
+    socket_write = bulk_tls.transport.write  # type: ignore[attr-defined]
+
+    def counted(data: bytes) -> None:
+        socket_writes.append(len(data))
+        socket_write(data)
+
+    bulk_tls.transport.write = counted  # type: ignore[attr-defined]
+    bulk_app.transport.write(down[:100])  # type: ignore[union-attr]
+    bulk_app.transport.write(down[100:])  # type: ignore[union-attr]
+    # One write of TLS records to the socket per application write (Twisted: one per record).
+    assert len(socket_writes) == 2, socket_writes
+    stock_app.transport.write(up)  # type: ignore[union-attr]
+    for _ in range(200):
+        if not pump.pump():
+            break
+    assert hashlib.sha256(stock_app.data).digest() == hashlib.sha256(down).digest()
+    assert bulk_app.data == up
+    bulk_app.transport.loseConnection()  # type: ignore[union-attr]
+    for _ in range(50):
+        if not pump.pump():
+            break
+    assert bulk_app.lost is not None and bulk_app.lost.check(ConnectionDone)
+    assert stock_app.lost is not None and stock_app.lost.check(ConnectionDone)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 70_000), min_size=1, max_size=12))
+def test_any_sequence_of_writes_arrives_in_order(pki: Pki, sizes: list[int]) -> None:
+    server_app, client_app, pump, _, _ = _pair(pki, bulk_server=True)
+    chunks = [os.urandom(size) for size in sizes]
+    for chunk in chunks:
+        server_app.transport.write(chunk)  # type: ignore[union-attr]
+        pump.pump()
+    for _ in range(100):
+        if not pump.pump():
+            break
+    assert client_app.data == b"".join(chunks)
