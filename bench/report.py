@@ -172,6 +172,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     _ratio(conc, "direct"),
                     _ratio(conc, "mod_proxy"),
                     _ratio(conc, "workers=1"),
+                    "—" if row.get("proxy_cores") is None else f"{row['proxy_cores']}",
                     str(row.get("failed", 0)),
                 ]
             )
@@ -185,6 +186,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "×direct",
                 "×mod_proxy",
                 "×workers=1",
+                "proxy cores",
                 "failed",
             ],
             rows,
@@ -192,7 +194,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Clients loop for {meta['session_seconds']} s per measurement (Python ftplib, "
-            "TLS session resumed on the data connection); every LIST must name the payload.",
+            "TLS session resumed on the data connection); every LIST must name the payload. "
+            "Proxy cores: ftpsproxy's CPU time (all its processes) / wall time, concurrent "
+            "runs, median.",
         ]
 
     concurrent = report["results"].get("concurrent")

@@ -336,7 +336,7 @@ def start_everything(
     if proxy.supports_workers():
         fp_w, fp_w_port = proxy.start(
             procs, "ftpsproxy-workers", backend_url=backend.url(tls=False), pki=pki,
-            passive=PASSIVE["ftpsproxy-workers"], logs=logs, extra=["--workers", "2"],
+            passive=PASSIVE["ftpsproxy-workers"], logs=logs, extra=[*splice, "--workers", "2"],
         )  # fmt: skip
         t["fp-tls-plain-w2"] = Target(
             "fp-tls-plain-w2", "ftpsproxy TLS→plain, workers=2", fp_w_port, True, "ftpsproxy",
@@ -434,6 +434,16 @@ def part_sessions(args: argparse.Namespace, setup: Setup, raw: dict[str, Any]) -
             rows[key][name] = stats
     for target in chosen:
         rows[target.key]["failed"] = sum(r.failed for r in done if r.config == target.key)
+        # How much of the machine ftpsproxy used at the concurrent level (1.0 = one core).
+        busy = [
+            r.proxy_cpu_s / r.seconds
+            for r in done
+            if r.config == target.key
+            and r.concurrency == args.session_concurrency
+            and r.proxy_cpu_s is not None
+            and r.seconds > 0
+        ]
+        rows[target.key]["proxy_cores"] = round(statistics.median(busy), 2) if busy else None
     return rows
 
 

@@ -29,7 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import HOST, REPO, BenchError, Target, proc_status_kib, pss_kib, tree_pids
+from bench.common import (
+    HOST,
+    REPO,
+    BenchError,
+    Target,
+    proc_status_kib,
+    pss_kib,
+    tree_cpu_seconds,
+    tree_pids,
+)
 
 _TIMEOUT = 30.0
 
@@ -147,6 +156,13 @@ class SessionRate:
     latency_p50_ms: float
     errors: list[str]
     verified: str
+    proxy_cpu_s: float | None = None  # ftpsproxy's CPU (all its processes) during the run
+
+
+def _proxy_cpu(target: Target) -> float | None:
+    if target.kind != "ftpsproxy" or target.proxy_pid is None:
+        return None  # mod_proxy's per-session processes are gone before we could read them
+    return tree_cpu_seconds(tree_pids(target.proxy_pid))
 
 
 def session_rate(
@@ -169,6 +185,7 @@ def session_rate(
     start_at = time.time() + 0.5 + 0.15 * processes  # after every interpreter has started
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    cpu0 = _proxy_cpu(target)
     workers = []
     for threads in per_process:
         argv = [sys.executable, "-m", "bench.sessions", "--port", str(target.port)]
@@ -198,6 +215,7 @@ def session_rate(
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(timeout=10)
+    cpu1 = _proxy_cpu(target)
     ok = sum(o["ok"] for o in outputs)
     errors = [e for o in outputs for e in o["errors"]]
     elapsed = max(o["end"] for o in outputs) - start_at
@@ -213,6 +231,7 @@ def session_rate(
         latency_p50_ms=round(1000 * statistics.median(latencies), 2) if latencies else 0.0,
         errors=errors[:5],
         verified="LIST names the payload",
+        proxy_cpu_s=None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 3),
     )
 
 

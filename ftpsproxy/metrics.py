@@ -172,3 +172,26 @@ class Metrics:
             self.sessions_refused.labels(reason=reason)
         self.transfers_active.set(0)
         self.passive_ports_in_use.set(0)
+
+
+class SupervisorMetrics:
+    """The master's own series with ``--workers N`` (the workers' come with ``worker="i"``)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(namespace="ftpsproxy_master", registry=self.registry)
+        r = self.registry
+        self.workers = Gauge("ftpsproxy_workers", "Worker processes running.", registry=r)
+        self.worker_restarts = Counter(
+            "ftpsproxy_worker_restarts",
+            "Worker processes started again after one exited unexpectedly.",
+            registry=r,
+        )
+        self.worker_scrape_errors = Counter(
+            "ftpsproxy_worker_scrape_errors",
+            "Scrapes of a worker's metrics that failed or timed out (its series are "
+            "missing from that scrape), by worker.",
+            ["worker"],
+            registry=r,
+        )
+        self.workers.set(0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -37,10 +37,14 @@ class ProxyService(MultiService):
         config: Config,
         reactor: Any,
         reread_config: Callable[[], Config] | None = None,
+        endpoints: Mapping[tuple[str, str], Any] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self._reread_config = reread_config  # SIGHUP: the file and command line, again
+        # (option, description) -> an endpoint to use instead of parsing the description:
+        # a worker's listeners are sockets the master bound (ftpsproxy.worker).
+        self._endpoints = dict(endpoints or {})
         server_tls = None
         if config.tls_enabled:
             server_tls = ReloadableServerTLS(self._load_server_tls())
@@ -210,6 +214,8 @@ class ProxyService(MultiService):
         return drained
 
     def _endpoint(self, reactor: Any, option: str, description: str) -> Any:
+        if (option, description) in self._endpoints:
+            return self._endpoints[option, description]
         try:
             return serverFromString(reactor, description)
         except (ValueError, TypeError, KeyError) as error:

@@ -202,8 +202,18 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from .service import ProxyService
+    from .workers import WorkerSupervisor
 
+    config = options.config
     try:
-        return ProxyService(options.config, reactor, reread_config=options.read_config)
+        if config.workers > 1:
+            return WorkerSupervisor(
+                config,
+                reactor,
+                options._cli,
+                config_file=options["config"],
+                reread_config=options.read_config,
+            )
+        return ProxyService(config, reactor, reread_config=options.read_config)
     except ConfigError as error:
         raise SystemExit(f"ftpsproxy: {error}") from error

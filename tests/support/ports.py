@@ -9,8 +9,20 @@ from __future__ import annotations
 import random
 import socket
 
-_LOW = 20000
-_HIGH = 60000
+
+def _ephemeral_low(default: int = 32768) -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections take those)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+# Passive ranges come from below the ephemeral ports, so that no connection the tests
+# (or the proxy's own backend connections) open can take a port inside one.
+_LOW = 10000
+_HIGH = max(_LOW + 5000, _ephemeral_low())
 _MAX_TRIES = 200
 
 

@@ -68,6 +68,28 @@ def _tcp_connects(host: str, port: int) -> bool:
         return False
 
 
+def socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process *pid* holds open (empty if it is gone)."""
+    inodes: set[str] = set()
+    fd_dir = f"/proc/{pid}/fd"
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for name in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"{fd_dir}/{name}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def process_alive(pid: int) -> bool:
+    """Whether *pid* exists and is not a zombie (an orphan's zombie may wait for init)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class ProxyProcess:
     """``twistd -n ftpsproxy ARGS`` in ``workdir``, with its output in ``workdir/proxy.log``.
 
@@ -256,15 +278,17 @@ class ProxyProcess:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def socket_inodes(self) -> set[str]:
-        inodes: set[str] = set()
-        fd_dir = f"/proc/{self.pid}/fd"
+        return socket_inodes(self.pid)
+
+    def child_pids(self) -> list[int]:
+        """PIDs of the proxy's child processes (its workers with ``--workers N``)."""
+        children: list[int] = []
         with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(fd_dir):
+            for task in os.listdir(f"/proc/{self.pid}/task"):
                 with contextlib.suppress(OSError):
-                    target = os.readlink(f"{fd_dir}/{name}")
-                    if target.startswith("socket:["):
-                        inodes.add(target[8:-1])
-        return inodes
+                    text = Path(f"/proc/{self.pid}/task/{task}/children").read_text()
+                    children += [int(pid) for pid in text.split()]
+        return children
 
     def rss_bytes(self) -> int:
         """Resident set size from /proc/PID/status (memory-growth checks)."""

@@ -1,0 +1,683 @@
+"""``--workers N``: a master process that binds the listeners and supervises N proxy processes.
+
+The master binds every ``listen``/``listen-implicit`` endpoint (before twistd drops
+privileges) but never accepts on them: each worker adopts the same listening
+sockets, and the kernel gives every new connection to one of the workers waiting
+on them.  A session's data connections must reach the process that owns the
+session, so each worker gets its own slice of the passive port range.
+
+The master starts a worker again when one dies (with a growing delay while it
+keeps dying), forwards SIGHUP, turns SIGTERM into a drain of every worker, re-emits
+the workers' log events with a ``worker`` field, and serves the workers' metrics
+as one page, each sample labelled ``worker="i"`` (``exposition.merge_expositions``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from prometheus_client.exposition import generate_latest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import UNIXClientEndpoint, serverFromString
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    eventFromJSON,
+    globalLogPublisher,
+)
+from twisted.python.failure import Failure
+from twisted.web.client import URI, Agent, HTTPConnectionPool, readBody
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from .config import Config, PortRange, build_config, load_toml, reload_config
+from .errors import ConfigError
+from .exposition import merge_expositions
+from .http import supervisor_site
+from .logs import JSONLineObserver
+from .metrics import SupervisorMetrics
+from .service import ProxyService
+
+log = Logger()
+
+#: The environment variable that carries a worker's ``WorkerSpec`` (JSON).
+SPEC_ENV = "FTPSPROXY_WORKER_SPEC"
+#: Options the master decides for each worker, whatever the file or command line say.
+MASTER_KEYS = frozenset({"workers", "passive-ports", "metrics"})
+#: The first descriptor number of the inherited listening sockets in a worker.
+FIRST_LISTENER_FD = 3
+SCRAPE_TIMEOUT = 2.0  # seconds a worker gets to answer the master's /metrics or /readyz
+KILL_MARGIN = 5.0  # seconds past --drain-timeout before a worker that has not exited is killed
+RESPAWN_DELAY = 0.5  # seconds before a dead worker is started again, doubled while it keeps dying
+RESPAWN_DELAY_MAX = 30.0
+STABLE_AFTER = 30.0  # seconds a worker must have run for its death not to count as a crash loop
+MAX_LOG_LINE = 1024 * 1024
+
+
+def split_passive_ports(ports: PortRange, count: int) -> list[PortRange]:
+    """*count* contiguous, disjoint slices covering *ports*, sizes differing by one at most."""
+    if not 1 <= count <= ports.size:
+        raise ValueError(f"cannot split {ports.size} passive ports between {count} workers")
+    size, extra = divmod(ports.size, count)
+    slices: list[PortRange] = []
+    low = ports.low
+    for index in range(count):
+        high = low + size - 1 + (1 if index < extra else 0)
+        slices.append(PortRange(low, high))
+        low = high + 1
+    return slices
+
+
+def respawn_delay(quick_failures: int) -> float:
+    """Seconds to wait before starting a worker that died after *quick_failures* short runs."""
+    doublings = min(max(quick_failures - 1, 0), 16)
+    return min(RESPAWN_DELAY_MAX, RESPAWN_DELAY * 2.0**doublings)
+
+
+def worker_cli(cli: Mapping[str, Any], ports: PortRange, metrics: str | None) -> dict[str, Any]:
+    """The command-line values one worker runs with: one process, its port slice, its metrics."""
+    values = {key: value for key, value in cli.items() if key not in MASTER_KEYS}
+    values["workers"] = 1
+    values["passive-ports"] = f"{ports.low}-{ports.high}"
+    if metrics is not None:
+        values["metrics"] = metrics
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What the master tells a worker: its number, how to read its configuration, its sockets.
+
+    The worker builds its ``Config`` with ``build_config`` from the same file and
+    command-line values as the master (validated the same way), the master's keys
+    replaced; it reads the file again on SIGHUP, as a single process does.
+    """
+
+    index: int
+    config_file: str | None
+    cli: dict[str, Any]
+    listeners: tuple[tuple[str, str, int], ...]  # (option, endpoint description, fd)
+    runtime_dir: str | None = None  # the master's private directory (metrics sockets)
+
+    def read_config(self) -> Config:
+        file_values = load_toml(Path(self.config_file)) if self.config_file else {}
+        kept = {key: value for key, value in file_values.items() if key not in MASTER_KEYS}
+        return build_config(kept, self.cli)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "index": self.index,
+                "config_file": self.config_file,
+                "cli": self.cli,
+                "listeners": [list(listener) for listener in self.listeners],
+                "runtime_dir": self.runtime_dir,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSpec:
+        data = json.loads(text)
+        return cls(
+            index=int(data["index"]),
+            config_file=data["config_file"],
+            cli=dict(data["cli"]),
+            listeners=tuple(
+                (str(option), str(description), int(fd))
+                for option, description, fd in data["listeners"]
+            ),
+            runtime_dir=data.get("runtime_dir"),
+        )
+
+
+class _Lines:
+    """Splits a pipe's bytes into lines; a line longer than ``MAX_LOG_LINE`` is cut."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes]:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        if len(self._buffer) > MAX_LOG_LINE:
+            lines.append(self._buffer)
+            self._buffer = b""
+        return lines
+
+    def rest(self) -> list[bytes]:
+        rest, self._buffer = self._buffer, b""
+        return [rest] if rest else []
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    ports: PortRange
+    metrics_path: Path | None = None
+    process: Any = None  # IProcessTransport while it runs
+    pid: int | None = None
+    started: float = 0.0
+    spawned: int = 0
+    quick_failures: int = 0
+    respawn: IDelayedCall | None = None
+    ended: list[Deferred[None]] = field(default_factory=list)
+
+
+class _WorkerProtocol(ProcessProtocol):
+    def __init__(self, supervisor: WorkerSupervisor, worker: _Worker) -> None:
+        self._supervisor = supervisor
+        self._worker = worker
+        self._lines = {1: _Lines(), 2: _Lines()}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = self._lines.get(childFD)
+        if lines is not None:
+            for line in lines.feed(data):
+                self._supervisor.worker_output(self._worker, childFD, line)
+
+    def processEnded(self, reason: Failure) -> None:
+        for childFD, lines in self._lines.items():
+            for line in lines.rest():
+                self._supervisor.worker_output(self._worker, childFD, line)
+        self._supervisor.worker_ended(self._worker, reason)
+
+
+class _NeverAccepting(Factory):
+    """The master's factory for the listeners: it stops reading them at once."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        return None
+
+
+@implementer(IAgentEndpointFactory)
+class _WorkerSockets:
+    """``http://worker<i>/...`` goes to worker *i*'s private UNIX socket."""
+
+    def __init__(self, reactor: Any, workers: Sequence[_Worker]) -> None:
+        self._reactor = reactor
+        self._workers = workers
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        worker = self._workers[int(uri.host.removeprefix(b"worker"))]
+        assert worker.metrics_path is not None
+        return UNIXClientEndpoint(self._reactor, str(worker.metrics_path), SCRAPE_TIMEOUT)
+
+
+@implementer(ILogObserver)
+class WorkerJSONLineObserver:
+    """``JSONLineObserver`` that also keeps the ``worker`` of events a worker logged."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out if out is not None else sys.stdout
+        self._line = io.StringIO()
+        self._inner = JSONLineObserver(self._line)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._line.seek(0)
+        self._line.truncate()
+        self._inner(event)
+        text = self._line.getvalue()
+        if "worker" in event:
+            record = json.loads(text)
+            record["worker"] = event["worker"]
+            text = json.dumps(record, ensure_ascii=False) + "\n"
+        self._out.write(text)
+        self._out.flush()
+
+
+def _listen_now(endpoint: Any, factory: Factory) -> Any:
+    """Listen on *endpoint* at once (stream endpoints bind synchronously) or raise why not."""
+    results: list[Any] = []
+    endpoint.listen(factory).addBoth(results.append)
+    if not results:
+        raise ConfigError(f"{endpoint!r} did not bind at once")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def _ended_how(reason: Failure) -> str:
+    value = reason.value
+    signal_number = getattr(value, "signal", None)
+    if signal_number is not None:
+        return f"was killed by signal {signal_number}"
+    return f"exited with code {getattr(value, 'exitCode', '?')}"
+
+
+def _private_dir() -> Path:
+    """A new directory only we can enter (mode 0700), short enough for UNIX socket paths."""
+    path = Path(tempfile.mkdtemp(prefix="ftpsproxy-workers-"))
+    if len(str(path)) > 80:  # a socket path has at most 107 bytes; $TMPDIR may be long
+        path.rmdir()
+        path = Path(tempfile.mkdtemp(prefix="ftpsproxy-workers-", dir="/tmp"))
+    return path
+
+
+def _unix_endpoint(path: Path) -> str:
+    escaped = str(path).replace("\\", "\\\\").replace(":", "\\:")
+    return f"unix:{escaped}:mode=600:lockfile=0"
+
+
+class WorkerSupervisor(MultiService):
+    """The master of ``--workers N``: listeners, worker processes, signals, one metrics site."""
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        cli: Mapping[str, Any],
+        config_file: str | None = None,
+        reread_config: Callable[[], Config] | None = None,
+        executable: str = sys.executable,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self._reactor = reactor
+        self._cli = dict(cli)
+        self._config_file = str(Path(config_file).absolute()) if config_file else None
+        self._reread_config = reread_config
+        self._executable = executable
+        self.metrics = SupervisorMetrics()
+        self.workers = [
+            _Worker(index, ports)
+            for index, ports in enumerate(split_passive_ports(config.passive_ports, config.workers))
+        ]
+        for worker in self.workers:
+            self.metrics.worker_scrape_errors.labels(worker=str(worker.index))
+        self._endpoints = [
+            (option, description, self._parse(option, description))
+            for option, descriptions in (
+                ("listen", config.listen),
+                ("listen-implicit", config.listen_implicit),
+            )
+            for description in descriptions
+        ]
+        self._ports: list[Any] = []  # the bound listeners, in the order of _endpoints
+        self._runtime_dir: Path | None = None
+        self._stopping = False
+        self._terminating = False
+        self._previous_sighup: Any = signal.SIG_DFL
+        self._previous_sigterm: Any = signal.SIG_DFL
+        self._check_worker_config()
+        # Persistent: one connection per worker for all scrapes, not a new one (logged) each.
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._agent = Agent.usingEndpointFactory(
+            reactor, _WorkerSockets(reactor, self.workers), pool=self._pool
+        )
+        if config.metrics:
+            site = supervisor_site(self.render_metrics, self.ready_problem)
+            service = StreamServerEndpointService(self._parse("metrics", config.metrics), site)
+            service._raiseSynchronously = True
+            service.setServiceParent(self)
+
+    def _parse(self, option: str, description: str) -> Any:
+        try:
+            return serverFromString(self._reactor, description)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ConfigError(f"{option}: {description!r} is not an endpoint: {error}") from error
+
+    def _spec(self, worker: _Worker) -> WorkerSpec:
+        metrics = _unix_endpoint(worker.metrics_path) if worker.metrics_path else None
+        return WorkerSpec(
+            index=worker.index,
+            config_file=self._config_file,
+            cli=worker_cli(self._cli, worker.ports, metrics),
+            listeners=tuple(
+                (option, description, FIRST_LISTENER_FD + number)
+                for number, (option, description, _) in enumerate(self._endpoints)
+            ),
+            runtime_dir=str(self._runtime_dir) if self._runtime_dir else None,
+        )
+
+    def _check_worker_config(self) -> None:
+        """Fail at start-up, in the master, on what would make every worker fail.
+
+        A worker's configuration is built and its ``ProxyService`` constructed (which
+        loads the certificates and opens the xferlog) without binding anything.
+        """
+        config = self._spec(self.workers[0]).read_config()
+        probe = ProxyService(
+            config,
+            self._reactor,
+            endpoints={(option, desc): endpoint for option, desc, endpoint in self._endpoints},
+        )
+        if probe.context.xferlog is not None:
+            probe.context.xferlog.close()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """Bind the listeners (as root, if twistd drops privileges later)."""
+        self._bind()
+        super().privilegedStartService()
+
+    def _bind(self) -> None:
+        if self._ports:
+            return
+        for option, description, endpoint in self._endpoints:
+            port = _listen_now(endpoint, _NeverAccepting())
+            port.stopReading()  # the workers accept; the master only keeps the socket open
+            self._ports.append(port)
+            log.info(
+                "{option} {description}: shared by {count} workers",
+                option=option,
+                description=description,
+                count=len(self.workers),
+            )
+
+    def startService(self) -> None:
+        self._bind()
+        super().startService()
+        reactor = self._reactor
+        if self.config.metrics:
+            self._runtime_dir = _private_dir()
+            for worker in self.workers:
+                worker.metrics_path = self._runtime_dir / f"worker-{worker.index}.sock"
+
+        def on_sighup(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.reload)
+
+        def on_sigterm(signum: int, frame: object) -> None:
+            # A graceful stop is a normal exit (0): twistd would re-raise the signal.
+            reactor.callFromThread(self._terminate)
+
+        def install() -> None:
+            # After the reactor's own handlers, which would otherwise replace ours.
+            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+        reactor.callWhenRunning(reactor.callLater, 0, install)
+        for worker in self.workers:
+            reactor.callWhenRunning(self._spawn, worker)
+
+    def setServiceParent(self, parent: Any) -> None:
+        """With ``--log-format json``, hand twistd our observer (it starts logging later)."""
+        super().setServiceParent(parent)
+        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, WorkerJSONLineObserver())
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _spawn(self, worker: _Worker) -> None:
+        worker.respawn = None
+        if self._stopping:
+            return
+        if worker.metrics_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                worker.metrics_path.unlink()  # left behind by a worker that was killed
+        env = dict(os.environ)
+        env[SPEC_ENV] = self._spec(worker).to_json()
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r"}
+        for number, port in enumerate(self._ports):
+            child_fds[FIRST_LISTENER_FD + number] = port.fileno()
+        try:
+            worker.process = self._reactor.spawnProcess(
+                _WorkerProtocol(self, worker),
+                self._executable,
+                [self._executable, "-m", "ftpsproxy.worker"],
+                env=env,
+                childFDs=child_fds,
+            )
+        except OSError as error:
+            log.error("worker {worker} could not start: {error}", worker=worker.index, error=error)
+            self._schedule_respawn(worker)
+            return
+        worker.pid = worker.process.pid
+        if worker.spawned:
+            self.metrics.worker_restarts.inc()
+        worker.spawned += 1
+        worker.started = self._reactor.seconds()
+        self._count_alive()
+        log.info(
+            "worker {worker} started: pid {pid}, passive ports {low}-{high}",
+            worker=worker.index,
+            pid=worker.pid,
+            low=worker.ports.low,
+            high=worker.ports.high,
+        )
+
+    def _count_alive(self) -> None:
+        self.metrics.workers.set(sum(1 for worker in self.workers if worker.process is not None))
+
+    def worker_ended(self, worker: _Worker, reason: Failure) -> None:
+        pid = worker.pid
+        worker.process = None
+        self._count_alive()
+        how = _ended_how(reason)
+        waiting, worker.ended = worker.ended, []
+        for ended in waiting:
+            ended.callback(None)
+        if self._stopping:
+            log.info("worker {worker} (pid {pid}) {how}", worker=worker.index, pid=pid, how=how)
+            return
+        lived = self._reactor.seconds() - worker.started
+        worker.quick_failures = 0 if lived >= STABLE_AFTER else worker.quick_failures + 1
+        delay = self._schedule_respawn(worker)
+        log.warn(
+            "worker {worker} (pid {pid}) {how} after {lived:.1f}s; starting it again in "
+            "{delay:.1f}s",
+            worker=worker.index,
+            pid=pid,
+            how=how,
+            lived=lived,
+            delay=delay,
+        )
+
+    def _schedule_respawn(self, worker: _Worker) -> float:
+        delay = respawn_delay(worker.quick_failures)
+        worker.respawn = self._reactor.callLater(delay, self._spawn, worker)
+        return delay
+
+    def worker_output(self, worker: _Worker, child_fd: int, line: bytes) -> None:
+        """Re-emit a line a worker wrote: its log events, or raw text (a crash before logging)."""
+        text = line.decode("utf-8", "replace").lstrip("\x1e").rstrip("\r")
+        if not text.strip():
+            return
+        event: Any = None
+        if child_fd == 1 and text.startswith("{"):
+            with contextlib.suppress(ValueError):
+                event = eventFromJSON(text)
+        if not isinstance(event, dict):
+            level = LogLevel.warn if child_fd == 2 else LogLevel.info
+            log.emit(
+                level,
+                "{text}",
+                text=text,
+                worker=worker.index,
+                log_system=f"worker={worker.index}",
+            )
+            return
+        level = event.get("log_level")
+        system = event.get("log_system") or "{}#{}".format(
+            event.get("log_namespace", "-"), getattr(level, "name", "info")
+        )
+        event["log_system"] = f"{system} worker={worker.index}"
+        event["worker"] = worker.index
+        globalLogPublisher(event)
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: each worker reloads itself; the master re-reads what it uses."""
+        if self._reread_config is not None:
+            try:
+                change = reload_config(self.config, self._reread_config())
+            except ConfigError:
+                pass  # each worker logs why
+            else:
+                for name in ("workers", "passive_ports", "metrics"):
+                    if name in change.needs_restart:
+                        old, new = change.needs_restart[name]
+                        log.warn(
+                            "SIGHUP: {name} changed from {old} to {new}: takes effect after "
+                            "a restart",
+                            name=name,
+                            old=old,
+                            new=new,
+                        )
+                self.config = change.config
+        count = self._signal_workers("HUP")
+        log.info("SIGHUP: passed on to {count} workers", count=count)
+
+    def _signal_workers(self, name: str) -> int:
+        count = 0
+        for worker in self.workers:
+            if worker.process is not None:
+                with contextlib.suppress(ProcessExitedAlready, OSError):
+                    worker.process.signalProcess(name)
+                    count += 1
+        return count
+
+    def _terminate(self) -> None:
+        if self._terminating:
+            log.info("SIGTERM again: still draining")
+            return
+        self._terminating = True
+        log.info(
+            "SIGTERM: stopping the workers; their sessions drain for up to {s}s",
+            s=self.config.drain_timeout,
+        )
+        self._reactor.stop()
+
+    # -- stop --------------------------------------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        """Close the listeners here, SIGTERM every worker, wait for them (SIGKILL if late)."""
+        self._stopping = True
+        signal.signal(signal.SIGHUP, self._previous_sighup)
+        for worker in self.workers:
+            if worker.respawn is not None and worker.respawn.active():
+                worker.respawn.cancel()
+            worker.respawn = None
+        for port in self._ports:
+            # Our descriptor only: a shutdown() would stop the workers' accepts too.
+            port._shouldShutdown = False
+            port.stopListening()
+        self._ports = []
+        self._pool.closeCachedConnections()
+        stopped: Deferred[None] = maybeDeferred(super().stopService)
+        stopped.addCallback(lambda _: self._stop_workers())
+        return stopped.addBoth(self._remove_runtime_dir)
+
+    def _stop_workers(self) -> Deferred[None]:
+        reactor = self._reactor
+        running = [worker for worker in self.workers if worker.process is not None]
+        waits: list[Deferred[None]] = []
+        for worker in running:
+            ended: Deferred[None] = Deferred()
+            worker.ended.append(ended)
+            waits.append(ended)
+        self._signal_workers("TERM")
+        deadline = self.config.drain_timeout + KILL_MARGIN
+
+        def kill() -> None:
+            for worker in self.workers:
+                if worker.process is not None:
+                    log.warn(
+                        "worker {worker} still running after {s}s: killing it",
+                        worker=worker.index,
+                        s=deadline,
+                    )
+            self._signal_workers("KILL")
+
+        done: Deferred[None] = Deferred()
+
+        def give_up() -> None:
+            log.error("workers did not go away after SIGKILL; stopping anyway")
+            done.callback(None)
+
+        killer = reactor.callLater(deadline, kill)
+        giving_up = reactor.callLater(deadline + KILL_MARGIN, give_up)
+
+        def all_ended(result: object) -> None:
+            for call in (killer, giving_up):
+                if call.active():
+                    call.cancel()
+            if not done.called:
+                done.callback(None)
+
+        gatherResults(waits).addBoth(all_ended)
+        return done
+
+    def _remove_runtime_dir(self, result: object) -> object:
+        if self._runtime_dir is not None:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+            self._runtime_dir = None
+        return result
+
+    # -- the metrics site --------------------------------------------------------------------
+
+    def _fetch(self, worker: _Worker, path: bytes) -> Deferred[tuple[int, bytes] | None]:
+        """GET *path* from *worker*'s own site: (code, body), or None if it did not answer."""
+        if worker.metrics_path is None or worker.process is None:
+            return succeed(None)
+        if not worker.metrics_path.exists():
+            return succeed(None)  # not listening yet: no connection attempt (each one is logged)
+        url = b"http://worker%d%s" % (worker.index, path)
+        fetched: Deferred[Any] = self._agent.request(b"GET", url)
+
+        def body(response: Any) -> Deferred[tuple[int, bytes]]:
+            return readBody(response).addCallback(lambda data: (response.code, data))
+
+        fetched.addCallback(body)
+        fetched.addTimeout(SCRAPE_TIMEOUT, self._reactor)
+        return fetched.addErrback(lambda reason: None)
+
+    def render_metrics(self) -> Deferred[bytes]:
+        """The master's series and every worker's, labelled ``worker="i"``, as one page."""
+        fetches = [self._fetch(worker, b"/metrics") for worker in self.workers]
+
+        def merge(results: list[tuple[int, bytes] | None]) -> bytes:
+            parts: list[tuple[str | None, str]] = []
+            for worker, result in zip(self.workers, results, strict=True):
+                if result is None or result[0] != 200:
+                    self.metrics.worker_scrape_errors.labels(worker=str(worker.index)).inc()
+                    continue
+                parts.append((str(worker.index), result[1].decode("utf-8", "replace")))
+            own = generate_latest(self.metrics.registry).decode()
+            text, unparsable = merge_expositions([(None, own), *parts])
+            for source in unparsable:
+                self.metrics.worker_scrape_errors.labels(worker=source).inc()
+            return text.encode()
+
+        gathered: Deferred[Any] = gatherResults(fetches)
+        return gathered.addCallback(merge)
+
+    def ready_problem(self) -> Deferred[str | None]:
+        """None when every worker runs and answers its own ``/readyz`` with 200."""
+        if self._stopping:
+            return succeed("shutting down")
+        fetches = [self._fetch(worker, b"/readyz") for worker in self.workers]
+
+        def judge(results: list[tuple[int, bytes] | None]) -> str | None:
+            problems: list[str] = []
+            for worker, result in zip(self.workers, results, strict=True):
+                if worker.process is None:
+                    problems.append(f"worker {worker.index}: not running")
+                elif result is None:
+                    problems.append(f"worker {worker.index}: no answer")
+                elif result[0] != 200:
+                    why = result[1].decode("utf-8", "replace").strip()
+                    problems.append(f"worker {worker.index}: {why}")
+            return "; ".join(problems) or None
+
+        gathered: Deferred[Any] = gatherResults(fetches)
+        return gathered.addCallback(judge)
