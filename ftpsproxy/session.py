@@ -1025,6 +1025,9 @@ class Session:
 
     def _backend_lost(self, why: str) -> None:
         log.warn("session {session} backend connection lost: {why}", session=self.id, why=why)
+        if self._transfer is not None and self.state is not State.CLOSED:
+            # The transfer's own answer first (RFC 959: 426), then the session's end.
+            self._reply(426, "Connection closed; transfer aborted: the backend went away.")
         self._close(421, "Service not available: the backend closed the connection.")
 
     def _backend_unsolicited(self, reply: Reply) -> None:

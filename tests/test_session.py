@@ -523,6 +523,26 @@ def test_backend_closing_gives_client_421(harness: Harness) -> None:
     assert harness.client_transport.disconnecting
 
 
+def test_backend_lost_mid_transfer_gives_426_then_421(harness: Harness) -> None:
+    harness.login()
+    _, factory = _passive(harness)
+    _, client_transport = _client_data(factory)
+    harness.send(b"RETR big\r\n")
+    backend_data, _ = _backend_data(harness)
+    harness.backend_says(b"150 Opening\r\n")
+    backend_data.dataReceived(b"z" * 100)
+    harness.replies()
+    assert harness.control is not None
+    harness.control.connectionLost(Failure(ConnectionLost()))
+    assert harness.replies() == (
+        b"426 Connection closed; transfer aborted: the backend went away.\r\n"
+        b"421 Service not available: the backend closed the connection.\r\n"
+    )
+    assert client_transport.disconnected  # the client's data connection is reset
+    failed = harness.metrics.transfers_total.labels(direction="download", result="failed")
+    assert failed._value.get() == 1
+
+
 def test_abor_during_download_closes_data_and_relays_replies_in_order(harness: Harness) -> None:
     harness.login()
     _, factory = _passive(harness)
