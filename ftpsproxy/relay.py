@@ -36,9 +36,10 @@ from .tlsconfig import failure_reason
 
 log = Logger()
 
-# The kernel relay's pipe: enough to keep a loopback or LAN link busy, and within the
-# default per-user pipe quota (pipe-user-pages-soft: 16 MiB) for 64 transfers at once.
-PIPE_SIZE = 256 * 1024
+# The kernel relay's pipe (fs.pipe-max-size allows 1 MiB by default).  Past the per-user
+# quota (fs.pipe-user-pages-soft, 64 MiB: 64 such transfers at once, unless root) the kernel
+# refuses the size and the pump keeps its default 64 KiB pipe: slower, still correct.
+PIPE_SIZE = 1024 * 1024
 
 
 class Side(enum.Enum):
