@@ -2,8 +2,10 @@
 
 Control replies are small writes that must not wait for Nagle's algorithm and a
 delayed ACK (~40 ms per exchange on Linux).  Data connections read and buffer
-in larger chunks than Twisted's 64 KiB default: fewer trips through Python per
-byte, with flow control still bounding memory to about this size per side.
+in larger chunks than Twisted's 64 KiB default, and hand the kernel up to 512 KiB
+per ``send`` (Twisted: 128 KiB): fewer trips through Python per byte (~9% less
+CPU per GiB relayed over TLS, bench/), with flow control still bounding memory
+to about this size per side.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def tune(transport: Any, *, bulk: bool = False) -> None:
     tcp.setTcpNoDelay(True)
     if bulk:
         tcp.bufferSize = DATA_BUFFER_SIZE
+        tcp.SEND_LIMIT = DATA_BUFFER_SIZE * 2
     else:
         # Clients send ABOR (or its Telnet Synch) as TCP urgent data (RFC 959 §4.1.3,
         # ftplib's abort()): keep the urgent byte in the stream instead of losing it.
