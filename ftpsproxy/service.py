@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,10 +22,19 @@ from .logs import JSONLineObserver
 from .metrics import Metrics
 from .ports import PortAllocator
 from .session import ProxyContext
+from .signals import Signals
 from .tlsconfig import ReloadableServerTLS, ServerTLS, load_server_tls
 from .xferlog import XferLog
 
 log = Logger()
+
+
+def parse_endpoint(reactor: Any, option: str, description: str) -> Any:
+    """The server endpoint *description* names, or a ConfigError naming *option*."""
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"{option}: {description!r} is not an endpoint: {error}") from error
 
 
 class ProxyService(MultiService):
@@ -79,8 +87,7 @@ class ProxyService(MultiService):
             ),
         )
         self._listeners: list[StreamServerEndpointService] = []
-        self._previous_sighup: Any = signal.SIG_DFL
-        self._previous_sigterm: Any = signal.SIG_DFL
+        self._signals = Signals(reactor, self.reload, self._terminate)
         self._terminating = False
         for description in config.listen:
             self._add_listener(reactor, description, implicit=False)
@@ -162,20 +169,7 @@ class ProxyService(MultiService):
     def startService(self) -> None:
         super().startService()
         reactor = self.context.reactor
-
-        def on_sighup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self.reload)
-
-        def on_sigterm(signum: int, frame: object) -> None:
-            # A graceful stop is a normal exit (0): twistd would re-raise the signal.
-            reactor.callFromThread(self._terminate)
-
-        def install() -> None:
-            # After the reactor's own handlers, which would otherwise replace ours.
-            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
-            self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-
-        reactor.callWhenRunning(reactor.callLater, 0, install)
+        self._signals.install()
         reactor.callWhenRunning(self.health.start, reactor)
 
     def _terminate(self) -> None:
@@ -188,7 +182,7 @@ class ProxyService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, let running commands and transfers finish, then close the rest."""
-        signal.signal(signal.SIGHUP, self._previous_sighup)
+        self._signals.stop_reloading()
         self.health.stop()
         stopped: Deferred[None] = maybeDeferred(super().stopService)
         return stopped.addCallback(lambda _: self._drain())
@@ -216,10 +210,7 @@ class ProxyService(MultiService):
     def _endpoint(self, reactor: Any, option: str, description: str) -> Any:
         if (option, description) in self._endpoints:
             return self._endpoints[option, description]
-        try:
-            return serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError) as error:
-            raise ConfigError(f"{option}: {description!r} is not an endpoint: {error}") from error
+        return parse_endpoint(reactor, option, description)
 
     def _add_listener(self, reactor: Any, description: str, *, implicit: bool) -> None:
         option = "listen-implicit" if implicit else "listen"

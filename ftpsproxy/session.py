@@ -75,6 +75,8 @@ from .xferlog import TransferRecord, XferLog
 
 log = Logger()
 
+LOCKED_OUT = "Too many failed logins from your address; try again later."  # with 421
+
 MAX_PIPELINED = 64
 _session_ids = itertools.count(1)
 
@@ -142,7 +144,7 @@ class ProxyContext:
     def admission_refusal(self, client_host: str) -> tuple[str, str] | None:
         """Why a new connection from *client_host* must be refused (421): (reason, text)."""
         if self.login_guard.locked(client_host, self.reactor.seconds()):
-            return "lockout", "Too many failed logins from your address; try again later."
+            return "lockout", LOCKED_OUT
         if len(self.open_sessions) >= self.config.max_sessions:
             return "limit", "Too many sessions; try again later."
         if self.sessions_per_ip[client_host] >= self.config.max_sessions_per_ip:
@@ -467,19 +469,19 @@ class Session:
         An address locked out meanwhile (by its other sessions) may not go on guessing here.
         """
         if self.context.login_guard.locked(self.client.peer_host, self.context.reactor.seconds()):
-            self._close(421, "Too many failed logins from your address; try again later.")
+            self._close(421, LOCKED_OUT)
             return
 
         def handler(reply: Reply) -> None:
-            if reply.is_preliminary:
-                self._send(reply)
-            elif reply.code == 530:
+            if reply.code == 530:
                 self._login_failed(reply)
-            else:
-                self._send(reply)
-                if reply.code in (230, 202):
-                    self._logged_in_now()
-                self._done()
+                return
+            self._send(reply)
+            if reply.is_preliminary:
+                return
+            if reply.code in (230, 202):
+                self._logged_in_now()
+            self._done()
 
         self._request(command.encode(), handler)
 
@@ -513,7 +515,7 @@ class Session:
             self._penalty_timer = None
             self._send(reply)
             if locked:
-                self._close(421, "Too many failed logins from your address; try again later.")
+                self._close(421, LOCKED_OUT)
             else:
                 self._done()
 

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from prometheus_client.exposition import generate_latest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.endpoints import UNIXClientEndpoint, serverFromString
+from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -53,7 +52,8 @@ from .exposition import merge_expositions
 from .http import supervisor_site
 from .logs import JSONLineObserver
 from .metrics import SupervisorMetrics
-from .service import ProxyService
+from .service import ProxyService, parse_endpoint
+from .signals import Signals
 
 log = Logger()
 
@@ -314,8 +314,7 @@ class WorkerSupervisor(MultiService):
         self._runtime_dir: Path | None = None
         self._stopping = False
         self._terminating = False
-        self._previous_sighup: Any = signal.SIG_DFL
-        self._previous_sigterm: Any = signal.SIG_DFL
+        self._signals = Signals(reactor, self.reload, self._terminate)
         self._check_worker_config()
         # Persistent: one connection per worker for all scrapes, not a new one (logged) each.
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -329,10 +328,7 @@ class WorkerSupervisor(MultiService):
             service.setServiceParent(self)
 
     def _parse(self, option: str, description: str) -> Any:
-        try:
-            return serverFromString(self._reactor, description)
-        except (ValueError, TypeError, KeyError) as error:
-            raise ConfigError(f"{option}: {description!r} is not an endpoint: {error}") from error
+        return parse_endpoint(self._reactor, option, description)
 
     def _spec(self, worker: _Worker) -> WorkerSpec:
         metrics = _unix_endpoint(worker.metrics_path) if worker.metrics_path else None
@@ -391,20 +387,7 @@ class WorkerSupervisor(MultiService):
             self._runtime_dir = _private_dir()
             for worker in self.workers:
                 worker.metrics_path = self._runtime_dir / f"worker-{worker.index}.sock"
-
-        def on_sighup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self.reload)
-
-        def on_sigterm(signum: int, frame: object) -> None:
-            # A graceful stop is a normal exit (0): twistd would re-raise the signal.
-            reactor.callFromThread(self._terminate)
-
-        def install() -> None:
-            # After the reactor's own handlers, which would otherwise replace ours.
-            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
-            self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-
-        reactor.callWhenRunning(reactor.callLater, 0, install)
+        self._signals.install()
         for worker in self.workers:
             reactor.callWhenRunning(self._spawn, worker)
 
@@ -562,7 +545,7 @@ class WorkerSupervisor(MultiService):
     def stopService(self) -> Deferred[None]:
         """Close the listeners here, SIGTERM every worker, wait for them (SIGKILL if late)."""
         self._stopping = True
-        signal.signal(signal.SIGHUP, self._previous_sighup)
+        self._signals.stop_reloading()
         for worker in self.workers:
             if worker.respawn is not None and worker.respawn.active():
                 worker.respawn.cancel()

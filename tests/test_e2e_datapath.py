@@ -114,6 +114,7 @@ def _open_download(proxied: Proxied, name: str) -> tuple[socket.socket, socket.s
     numbers = reply.split(b"(")[1].split(b")")[0].split(b",")
     port = int(numbers[4]) * 256 + int(numbers[5])
     data = socket.socket()
+    data.settimeout(10)
     data.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # fill up quickly
     data.connect(("127.0.0.1", port))
     control.sendall(f"RETR {name}\r\n".encode())

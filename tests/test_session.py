@@ -523,13 +523,20 @@ def test_backend_closing_gives_client_421(harness: Harness) -> None:
     assert harness.client_transport.disconnecting
 
 
-def test_backend_lost_mid_transfer_gives_426_then_421(harness: Harness) -> None:
+def _download_under_way(harness: Harness) -> tuple[Any, StringTransport, Any, StringTransport]:
+    """Logged in, PASV, RETR sent, both data connections up and the backend's 150 relayed:
+    (client data protocol, its transport, backend data protocol, its transport)."""
     harness.login()
     _, factory = _passive(harness)
-    _, client_transport = _client_data(factory)
+    client_data, client_transport = _client_data(factory)
     harness.send(b"RETR big\r\n")
-    backend_data, _ = _backend_data(harness)
+    backend_data, backend_transport = _backend_data(harness)
     harness.backend_says(b"150 Opening\r\n")
+    return client_data, client_transport, backend_data, backend_transport
+
+
+def test_backend_lost_mid_transfer_gives_426_then_421(harness: Harness) -> None:
+    _, client_transport, backend_data, _ = _download_under_way(harness)
     backend_data.dataReceived(b"z" * 100)
     harness.replies()
     assert harness.control is not None
@@ -544,12 +551,7 @@ def test_backend_lost_mid_transfer_gives_426_then_421(harness: Harness) -> None:
 
 
 def test_abor_during_download_closes_data_and_relays_replies_in_order(harness: Harness) -> None:
-    harness.login()
-    _, factory = _passive(harness)
-    client_data, client_transport = _client_data(factory)
-    harness.send(b"RETR big\r\n")
-    backend_data, backend_transport = _backend_data(harness)
-    harness.backend_says(b"150 Opening\r\n")
+    client_data, client_transport, backend_data, backend_transport = _download_under_way(harness)
     backend_data.dataReceived(b"z" * 100)
     harness.replies()
     harness.sent_to_backend()
