@@ -57,7 +57,9 @@ def _url(backend: PyftpdBackend, name: str) -> str:
 def test_free_port_range_is_contiguous_and_bindable() -> None:
     first, last = free_port_range(8)
     assert last - first == 7
-    assert 20000 <= first and last <= 60000
+    # Below the kernel's ephemeral ports, which outgoing connections could take meanwhile.
+    ephemeral_low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    assert 10000 <= first and last < max(ephemeral_low, 15000)
     socks = []
     try:
         for port in range(first, last + 1):
