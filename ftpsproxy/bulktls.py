@@ -11,17 +11,31 @@ one BIO read for all of it: ~16% less CPU per byte encrypted, measured in
 memory.  Reading stays Twisted's: batching decrypted records costs a join that
 the socket transport would do anyway.  The TLS state machine, handshake,
 shutdown and error handling are Twisted's.
+
+It also holds back what a TLS 1.3 *server* sends right after the handshake
+(the NewSessionTicket messages OpenSSL issues unasked) until the connection
+has something else to send: its first data, or its close_notify.  Clients
+that never read an upload's data connection (Go's ``crypto/tls``, Java's
+Commons Net) would otherwise close a socket with unread input, which Linux
+answers with RST instead of FIN, and the upload's tail still in flight is
+lost.  pyOpenSSL cannot set ``SSL_set_num_tickets(0)``, which would say the
+same thing; holding keeps the records in order, so a client that does read
+gets every ticket, just later.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from OpenSSL.SSL import Error, WantReadError
+from OpenSSL.SSL import TLS1_3_VERSION, Error, WantReadError
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 __all__ = ["BulkTLSFactory", "BulkTLSProtocol"]
+
+# Past this much held-back output (a client asking for key updates again and again),
+# the client has to read: send it all.
+HOLD_LIMIT = 16 * 1024
 
 
 def _ciphertext_bound(size: int) -> int:
@@ -30,7 +44,13 @@ def _ciphertext_bound(size: int) -> int:
 
 
 class BulkTLSProtocol(TLSMemoryBIOProtocol):
-    """``TLSMemoryBIOProtocol`` that encrypts each application write in one go."""
+    """``TLSMemoryBIOProtocol`` that encrypts each application write in one go,
+    and as a TLS 1.3 server sends nothing before the application or the close does."""
+
+    factory: BulkTLSFactory
+    # None: not decided yet (handshake running); then whether post-handshake output waits.
+    _holding: bool | None = None
+    _held: bytes = b""
 
     def _flushSendBIO(self, size: int = 2**15) -> None:
         """Move everything OpenSSL has produced to the socket transport, in one write."""
@@ -40,12 +60,39 @@ class BulkTLSProtocol(TLSMemoryBIOProtocol):
                 chunks.append(self._tlsConnection.bio_read(size))
             except WantReadError:
                 break
+        if self._holding is None and self._handshakeDone:
+            self._holding = (
+                not self.factory.is_client
+                and self._tlsConnection.get_protocol_version() >= TLS1_3_VERSION
+            )
+        if self._holding:
+            self._held += b"".join(chunks)
+            if len(self._held) <= HOLD_LIMIT:
+                return
+            self._holding = False
+            chunks = []
+        if self._held:
+            chunks.insert(0, self._held)
+            self._held = b""
         if chunks:
             self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[union-attr]
+
+    def _release_held(self) -> None:
+        """From now on output goes out at once, what was held first."""
+        self._holding = False
+
+    def _shutdownTLS(self) -> None:
+        self._release_held()
+        super()._shutdownTLS()
+
+    def _tlsShutdownFinished(self, reason: Failure | None) -> None:
+        self._release_held()
+        super()._tlsShutdownFinished(reason)
 
     def _write(self, data: Any) -> None:
         if self._lostTLSConnection:
             return
+        self._release_held()
         view = memoryview(data)
         sent_total = 0
         failure: Failure | None = None
@@ -69,3 +116,7 @@ class BulkTLSFactory(TLSMemoryBIOFactory):
     """Wraps data connections in :class:`BulkTLSProtocol`."""
 
     protocol = BulkTLSProtocol
+
+    def __init__(self, contextFactory: Any, isClient: bool, wrappedFactory: Any) -> None:
+        super().__init__(contextFactory, isClient, wrappedFactory)
+        self.is_client = isClient

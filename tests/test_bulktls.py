@@ -13,11 +13,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    PrivateCertificate,
+    TLSVersion,
+    optionsForClientTLS,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
+from zope.interface import implementer
 
 from ftpsproxy.bulktls import BulkTLSFactory, BulkTLSProtocol
 from tests.support.certs import Pki
@@ -26,10 +34,15 @@ from tests.support.certs import Pki
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+@implementer(IHandshakeListener)
 class Collector(Protocol):
     def __init__(self) -> None:
         self.received: list[bytes] = []
         self.lost: Failure | None = None
+        self.handshake_done = False
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
 
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
@@ -42,11 +55,16 @@ class Collector(Protocol):
         return b"".join(self.received)
 
 
-def _pair(pki: Pki, bulk_server: bool) -> tuple[Collector, Collector, IOPump, object, object]:
+def _pair(
+    pki: Pki, bulk_server: bool, *, tls12: bool = False, greet: bool = True
+) -> tuple[Collector, Collector, IOPump, object, object]:
     """A TLS server and client in memory: one bulk, the other Twisted's stock protocol."""
-    server_options = PrivateCertificate.loadPEM(
-        pki.server_cert.read_text() + pki.server_key.read_text()
-    ).options()
+    identity = PrivateCertificate.loadPEM(pki.server_cert.read_text() + pki.server_key.read_text())
+    server_options = CertificateOptions(
+        privateKey=identity.privateKey.original,
+        certificate=identity.original,
+        lowerMaximumSecurityTo=TLSVersion.TLSv1_2 if tls12 else None,
+    )
     client_options = optionsForClientTLS(
         "localhost", trustRoot=Certificate.loadPEM(pki.ca_cert.read_bytes())
     )
@@ -62,7 +80,7 @@ def _pair(pki: Pki, bulk_server: bool) -> tuple[Collector, Collector, IOPump, ob
         FakeTransport(server_tls, isServer=True),
         client_tls,
         FakeTransport(client_tls, isServer=False),
-        greet=True,
+        greet=greet,
     )
     return server_app, client_app, pump, server_tls, client_tls
 
@@ -115,3 +133,77 @@ def test_any_sequence_of_writes_arrives_in_order(pki: Pki, sizes: list[int]) -> 
         if not pump.pump():
             break
     assert client_app.data == b"".join(chunks)
+
+
+def _record_writes(tls: object, app: Collector) -> list[tuple[bool, int]]:
+    """Every socket write of *tls*: (was the handshake over for *app*, size)."""
+    writes: list[tuple[bool, int]] = []
+    transport = tls.transport  # type: ignore[attr-defined]
+    socket_write = transport.write
+
+    def recorded(data: bytes) -> None:
+        writes.append((app.handshake_done, len(data)))
+        socket_write(data)
+
+    transport.write = recorded
+    return writes
+
+
+def _pump_all(pump: IOPump) -> None:
+    for _ in range(200):
+        if not pump.pump():
+            break
+
+
+def test_tls13_server_sends_nothing_after_the_handshake_until_the_upload_ends(pki: Pki) -> None:
+    """Go and Java clients never read an upload's data connection: TLS 1.3 session tickets
+    left unread there make Linux answer their close with RST, and the upload's tail is lost.
+    The proxy's side sends them only with its close_notify, after the whole upload."""
+    server_app, client_app, pump, server_tls, client_tls = _pair(pki, True, greet=False)
+    writes = _record_writes(server_tls, server_app)
+    pump.flush()  # the handshake
+    assert server_app.handshake_done and client_app.handshake_done
+    assert client_tls.getHandle().get_protocol_version_name() == "TLSv1.3"  # type: ignore[attr-defined]
+    assert not any(after for after, _ in writes)  # nothing since the handshake ended
+    upload = os.urandom(2 * 1024 * 1024 + 3)
+    client_app.transport.write(upload)  # type: ignore[union-attr]
+    _pump_all(pump)
+    assert not any(after for after, _ in writes), writes  # still nothing for the client to read
+    assert server_app.data == upload
+    client_app.transport.loseConnection()  # type: ignore[union-attr]
+    _pump_all(pump)
+    # The client's close_notify made the server answer: the held tickets, then its own.
+    assert any(after for after, _ in writes)
+    assert server_app.lost is not None and server_app.lost.check(ConnectionDone)
+    assert client_app.lost is not None and client_app.lost.check(ConnectionDone)
+
+
+def test_tls13_download_gets_the_held_tickets_before_its_data(pki: Pki) -> None:
+    """Held output keeps its place in the record stream: a reading client decrypts it all."""
+    server_app, client_app, pump, server_tls, client_tls = _pair(pki, True, greet=False)
+    writes = _record_writes(server_tls, server_app)
+    pump.flush()
+    assert not any(after for after, _ in writes)
+    download = os.urandom(300_001)
+    server_app.transport.write(download)  # type: ignore[union-attr]
+    _pump_all(pump)
+    assert client_app.data == download
+    session = client_tls.getHandle().get_session()  # type: ignore[attr-defined]
+    assert session is not None  # a ticket arrived and was read
+    server_app.transport.loseConnection()  # type: ignore[union-attr]
+    _pump_all(pump)
+    assert client_app.lost is not None and client_app.lost.check(ConnectionDone)
+
+
+def test_tls12_handshake_is_not_held(pki: Pki) -> None:
+    """Under TLS 1.2 the server's last flight is part of the handshake: it goes at once."""
+    server_app, client_app, pump, _, client_tls = _pair(pki, bulk_server=True, tls12=True)
+    pump.flush()
+    assert client_app.handshake_done
+    assert client_tls.getHandle().get_protocol_version_name() == "TLSv1.2"  # type: ignore[attr-defined]
+    # (Twisted's stock side holds small writes back for a reactor turn: write large ones.)
+    up, down = os.urandom(100_000), os.urandom(100_001)
+    client_app.transport.write(up)  # type: ignore[union-attr]
+    server_app.transport.write(down)  # type: ignore[union-attr]
+    _pump_all(pump)
+    assert (server_app.data, client_app.data) == (up, down)

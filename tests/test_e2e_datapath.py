@@ -7,18 +7,21 @@ end a transfer whose peer stops reading instead of holding it forever.
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import hashlib
 import io
 import socket
+import ssl
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
-from tests.support.clients import make_random_file
+from tests.support.clients import client_context, make_random_file
 from tests.test_e2e_core import BIG, Proxied, start_proxy
 
 DATA_PATHS = ["splice", "copy"]
@@ -178,3 +181,48 @@ def test_client_that_stops_reading_near_the_end_never_gets_226(
     ]
     assert sum(timeouts) == 1, timeouts
     assert metrics["ftpsproxy_transfers_total{direction=download,result=failed}"] == 1
+
+
+def _upload_never_reading(ftp: ftplib.FTP_TLS, ca: ssl.SSLContext, name: str, data: bytes) -> str:
+    """STOR as Go's crypto/tls and Java's Commons Net do it: after the TLS handshake the data
+    connection is never read again; the upload ends with close_notify and close()."""
+    ftp.voidcmd("TYPE I")
+    raw, _ = ftplib.FTP.ntransfercmd(ftp, f"STOR {name}")  # the socket, not yet TLS
+    raw.settimeout(30)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ca.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    for _ in range(20):  # the handshake: the only reads on this connection
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            incoming.write(raw.recv(65536))
+    assert tls.version() == "TLSv1.3"
+    raw.sendall(outgoing.read())
+    for offset in range(0, len(data), 256 * 1024):
+        tls.write(data[offset : offset + 256 * 1024])
+        raw.sendall(outgoing.read())
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.unwrap()  # close_notify, without waiting for the answer
+    raw.sendall(outgoing.read())
+    raw.close()
+    return ftp.voidresp()
+
+
+def test_tls13_upload_from_a_client_that_never_reads_its_data_connection(
+    proxied: Proxied, tmp_path: Path
+) -> None:
+    """The proxy must send nothing on an upload's data connection (no TLS 1.3 session
+    tickets): unread input makes the client's close a RST, which loses the upload's tail."""
+    data = make_random_file(tmp_path / "up.bin", 16 * 1024 * 1024)
+    payload = (tmp_path / "up.bin").read_bytes()
+    context = client_context(proxied.pki.ca_cert)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    for index in range(3):
+        ftp = proxied.ftp_tls()
+        assert _upload_never_reading(ftp, context, f"u{index}.bin", payload).startswith("226")
+        ftp.quit()
+        on_disk = proxied.backend.path(f"u{index}.bin").read_bytes()
+        assert len(on_disk) == len(payload), index
+        assert hashlib.sha256(on_disk).hexdigest() == data, index
