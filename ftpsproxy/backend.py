@@ -91,6 +91,8 @@ class BackendControl(Protocol):
         self._reply_timeout = 60.0
         self._reply_timer: IDelayedCall | None = None
         self._closing: CloseDeadline | None = None
+        self._reading_paused = False
+        self._rearm_on_resume = False
 
     @property
     def peer_host(self) -> str:
@@ -115,8 +117,26 @@ class BackendControl(Protocol):
         self._reply_timeout = timeout
         self._closing = CloseDeadline(clock, close_timeout)
 
+    def pause_reading(self) -> None:
+        """Read no more replies (the client is not reading ours); the reply timeout waits too:
+        a backend cannot answer in time what we do not read."""
+        if self._reading_paused or self.transport is None:
+            return
+        self._reading_paused = True
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._rearm_on_resume = self._reply_timer is not None and self._reply_timer.active()
+        self._disarm_reply_timer()
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused or self.transport is None:
+            return
+        self._reading_paused = False
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if self._rearm_on_resume:
+            self._arm_reply_timer()
+
     def _arm_reply_timer(self) -> None:
-        if self._clock is None:
+        if self._clock is None or self._reading_paused:
             return
         if self._reply_timer is None or not self._reply_timer.active():
             self._reply_timer = self._clock.callLater(self._reply_timeout, self._reply_timed_out)

@@ -3,6 +3,13 @@
 Three modes share this protocol: ``plain`` (no TLS configured), ``explicit``
 (``AUTH TLS`` upgrades the connection in place) and ``implicit`` (the factory
 is wrapped in TLS, so TLS starts with the first byte).
+
+Replies are flow-controlled like the data relay: the protocol is the push
+producer of its own transport's output.  Once the client leaves more than
+the transport's buffer size of replies unread, the protocol stops reading
+from it, stops handing lines to the session, and the session stops reading
+the backend's replies, until the client has read.  Lines already read wait as
+bytes; more than ``MAX_PIPELINED`` of them end the session.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
     IProtocolFactory,
+    IPushProducer,
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -23,14 +31,14 @@ from zope.interface import implementer
 from .closing import CloseDeadline
 from .ftp.errors import LineTooLong
 from .ftp.lines import LineBuffer
-from .session import ProxyContext, Session
+from .session import MAX_PIPELINED, ProxyContext, Session
 from .sockets import tune
 from .tlsconfig import certificate_names, failure_reason
 
 log = Logger()
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class FrontendProtocol(Protocol):
     """Implements the session's ``ClientLink`` on top of a TCP (or TLS) transport."""
 
@@ -40,6 +48,9 @@ class FrontendProtocol(Protocol):
         self._mode = mode
         self._lines = LineBuffer()
         self._stop_reading_lines = False
+        self._output_blocked = False  # the client is not reading our replies
+        self._reading_paused = False  # ... and so we do not read from it
+        self._producing = False  # registered as the producer of our own transport
         self.tls_active = False
         self._tls_started = mode == "implicit"
         self.peer_host = ""
@@ -54,6 +65,8 @@ class FrontendProtocol(Protocol):
         self.peer_host = str(self.transport.getPeer().host)  # type: ignore[union-attr]
         self.local_host = str(self.transport.getHost().host)  # type: ignore[union-attr]
         tune(self.transport)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._producing = True
         if self._tls_started:
             self._start_handshake_timer()
         refusal = self._context.admission_refusal(self.peer_host)
@@ -103,19 +116,64 @@ class FrontendProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         session = self.session
-        if session is None:
-            return
+        if session is None or session.closed:
+            return  # refused, or closing: nothing more is read into memory
         try:
-            lines = self._lines.feed(data)
+            self._lines.append(data)
         except LineTooLong:
             self._lines.clear()
             session.client_line_too_long()
             return
         self._stop_reading_lines = False
-        for line in lines:
-            if self._stop_reading_lines:
-                break
+        self._hand_over_lines(session)
+
+    def _hand_over_lines(self, session: Session) -> None:
+        """Give the session every complete line, unless the client stopped reading replies."""
+        while not self._stop_reading_lines and not session.closed:
+            if self._output_blocked:
+                if self._lines.complete_lines > MAX_PIPELINED:
+                    session.too_many_pipelined()
+                return
+            try:
+                line = self._lines.next_line()
+            except LineTooLong:
+                self._lines.clear()
+                session.client_line_too_long()
+                return
+            if line is None:
+                return
             session.client_line(line)
+
+    # -- IPushProducer: our transport's output buffer is full, or drained -------------------
+
+    def pauseProducing(self) -> None:
+        if self._output_blocked or self.transport is None:
+            return
+        self._output_blocked = True
+        # During a TLS handshake this means "replies wait for the handshake": reading on
+        # is what completes it.
+        if not (self._tls_started and not self.tls_active):
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        if self.session is not None:
+            self.session.client_output_blocked()
+
+    def resumeProducing(self) -> None:
+        if not self._output_blocked or self.transport is None:
+            return
+        self._output_blocked = False
+        self._resume_reading()
+        if self.session is not None:
+            self.session.client_output_unblocked()
+            self._hand_over_lines(self.session)
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        self._producing = False
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._closing.cancel()
@@ -138,7 +196,7 @@ class FrontendProtocol(Protocol):
         """Upgrade after ``234``; bytes sent behind ``AUTH`` are dropped (CVE-2011-0411)."""
         assert self.session is not None and self.session.server_tls is not None
         self._stop_reading_lines = True
-        dropped = self._lines.clear()
+        dropped = self._lines.clear()  # complete lines not yet handed over, too
         if dropped:
             log.warn(
                 "dropped {count} bytes sent in clear behind AUTH TLS from {client}",
@@ -150,8 +208,18 @@ class FrontendProtocol(Protocol):
         self.transport.startTLS(self.session.server_tls)  # type: ignore[union-attr]
 
     def close(self) -> None:
-        if self.transport is not None:
-            self._closing.close(self.transport)
+        if self.transport is None:
+            return
+        if self._producing:
+            # A TLS transport closes only once no producer is registered.
+            self._producing = False
+            self.transport.unregisterProducer()  # type: ignore[attr-defined]
+        if self._output_blocked:
+            # It does not read: the last reply cannot reach it, and a graceful close
+            # would only hold the connection until the close deadline.
+            self.transport.abortConnection()  # type: ignore[attr-defined]
+            return
+        self._closing.close(self.transport)
 
 
 class FrontendFactory(Factory):

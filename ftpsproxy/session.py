@@ -177,6 +177,7 @@ class Session:
         self._backend_eprt = True
         self._queue: deque[bytes] = deque()
         self._busy = False
+        self._output_blocked = False  # the client is not reading our replies
         self._draining = False
         self._channel: DataChannel | None = None  # prepared by PASV/EPSV, not yet used
         self._transfer: DataChannel | None = None  # the running transfer
@@ -187,6 +188,8 @@ class Session:
         self._login_timer: IDelayedCall | None = None
         self._idle_timer: IDelayedCall | None = None
         self._penalty_timer: IDelayedCall | None = None  # a failed login's late answer
+        self._guess_in_flight = False  # our PASS is at the backend, counted by the guard
+        self._login_waiter: Callable[[], None] | None = None  # our PASS waits for a place
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -218,7 +221,7 @@ class Session:
         self._close(421, "Login timeout.")
 
     def _idle_timed_out(self) -> None:
-        if self._transfer is not None or self._busy:
+        if (self._transfer is not None or self._busy) and not self._output_blocked:
             # A transfer, or a command the backend is working on, is not idleness.
             self._idle_timer = self.context.reactor.callLater(
                 self.config.idle_timeout, self._idle_timed_out
@@ -257,6 +260,12 @@ class Session:
         self._goto(State.CLOSED)
         self._cancel_timers()
         self._queue.clear()
+        if self._login_waiter is not None:
+            self.context.login_guard.cancel(self.client.peer_host, self._login_waiter)
+            self._login_waiter = None
+        if self._guess_in_flight:
+            # The password reached the backend; we will never know how it went.
+            self._guess_answered(failed=True)
         for channel in (self._channel, self._transfer):
             if channel is not None:
                 channel.abort()
@@ -304,7 +313,7 @@ class Session:
                 self._transfer_status()
                 return
             if len(self._queue) >= MAX_PIPELINED:
-                self._close(421, "Too many pipelined commands.")
+                self.too_many_pipelined()
                 return
             self._queue.append(line)
             return
@@ -314,12 +323,39 @@ class Session:
     def client_line_too_long(self) -> None:
         self._close(500, "Command line too long.")
 
+    def too_many_pipelined(self) -> None:
+        self._close(421, "Too many pipelined commands.")
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def client_output_blocked(self) -> None:
+        """The client leaves our replies unread: produce no more of them until it reads.
+
+        Queued commands wait, and so do the backend's replies (its connection is not read).
+        """
+        self._output_blocked = True
+        if self.backend is not None:
+            self.backend.pause_reading()
+
+    def client_output_unblocked(self) -> None:
+        self._output_blocked = False
+        if self.backend is not None:
+            self.backend.resume_reading()
+        self._drain()
+
     def _drain(self) -> None:
         if self._draining:
             return
         self._draining = True
         try:
-            while self._queue and not self._busy and self.state is not State.CLOSED:
+            while (
+                self._queue
+                and not self._busy
+                and not self._output_blocked
+                and self.state is not State.CLOSED
+            ):
                 self._execute(self._queue.popleft())
         finally:
             self._draining = False
@@ -431,6 +467,8 @@ class Session:
         )
         backend.on_lost = self._backend_lost
         backend.on_unsolicited = self._backend_unsolicited
+        if self._output_blocked:
+            backend.pause_reading()
         self._goto(State.LOGGING_IN)
         self._busy = False
         if self.virtual_host is not None:
@@ -467,23 +505,62 @@ class Session:
         """USER/PASS/ACCT: like ``_relay``, but a refused login is paid for (``_login_failed``).
 
         An address locked out meanwhile (by its other sessions) may not go on guessing here.
+        A password goes to the backend only while the address has fewer than the allowed
+        failures plus guesses under way (in all its sessions); otherwise it waits its turn.
         """
-        if self.context.login_guard.locked(self.client.peer_host, self.context.reactor.seconds()):
+        guard = self.context.login_guard
+        host = self.client.peer_host
+        if guard.locked(host, self.context.reactor.seconds()):
             self._close(421, LOCKED_OUT)
             return
+        guess = command.verb == "PASS"
+        if guess and not guard.try_begin(host, self.context.reactor.seconds()):
+            self._busy = True  # pipelined commands wait behind the password
+            self._login_waiter = lambda: self._login_turn(command)
+            guard.wait(host, self._login_waiter)
+            return
+        self._guess_in_flight = guess
 
         def handler(reply: Reply) -> None:
+            if reply.is_preliminary:
+                self._send(reply)
+                return
+            locked = self._guess_answered(failed=reply.code == 530)
             if reply.code == 530:
-                self._login_failed(reply)
+                self._login_failed(reply, locked)
                 return
             self._send(reply)
-            if reply.is_preliminary:
-                return
             if reply.code in (230, 202):
                 self._logged_in_now()
             self._done()
 
         self._request(command.encode(), handler)
+
+    def _login_turn(self, command: Command) -> None:
+        """Another session's guess was answered: this session's password may go now."""
+        self._login_waiter = None
+        if self.state is State.CLOSED:
+            return
+        self._relay_login(command)
+
+    def _guess_answered(self, *, failed: bool) -> bool:
+        """Free this session's place among its address's guesses; True when now locked out.
+
+        The sessions that were waiting for a place try again (in a later turn of the
+        reactor, not inside this session's reply handler).
+        """
+        guard, host, now = (
+            self.context.login_guard,
+            self.client.peer_host,
+            self.context.reactor.seconds(),
+        )
+        if not self._guess_in_flight:  # a 530 to USER or ACCT
+            return guard.failed(host, now) if failed else False
+        self._guess_in_flight = False
+        locked, woken = guard.finish(host, now, failed=failed)
+        for waiter in woken:
+            self.context.reactor.callLater(0, waiter)
+        return locked
 
     def _logged_in_now(self) -> None:
         self.metrics.logins_total.labels(result="success").inc()
@@ -492,14 +569,13 @@ class Session:
             if self._login_timer is not None and self._login_timer.active():
                 self._login_timer.cancel()
 
-    def _login_failed(self, reply: Reply) -> None:
+    def _login_failed(self, reply: Reply, locked: bool) -> None:
         """Count the failure against the client's address; answer late; lock out past the limit.
 
         The session stays busy meanwhile, so pipelined guesses wait their turn too.
         """
         self.metrics.logins_total.labels(result="failure").inc()
         host = self.client.peer_host
-        locked = self.context.login_guard.failed(host, self.context.reactor.seconds())
         if locked:
             self.metrics.login_lockouts.inc()
             log.warn(

@@ -71,3 +71,61 @@ def test_locked_exactly_when_the_limit_is_reached_within_the_window(
             history[host] = []
         else:
             history[host] = recent
+
+
+def test_guesses_under_way_count_against_the_address() -> None:
+    """Parallel sessions: at most max_failures passwords out at once from one address."""
+    guard = LoginGuard(max_failures=3, lockout=60)
+    assert [guard.try_begin("192.0.2.1", 0) for _ in range(5)] == [True, True, True, False, False]
+    assert guard.try_begin("192.0.2.2", 0)  # another address has its own places
+    woken: list[int] = []
+    for index in range(2):
+        guard.wait("192.0.2.1", lambda index=index: woken.append(index))  # type: ignore[misc]
+    locked, wake = guard.finish("192.0.2.1", 1, failed=False)  # a success frees its place
+    assert not locked and len(wake) == 1
+    wake[0]()
+    assert woken == [0]
+    assert guard.try_begin("192.0.2.1", 1)
+    locked, wake = guard.finish("192.0.2.1", 2, failed=True)  # a failure keeps it
+    assert not locked and wake == []
+    assert not guard.try_begin("192.0.2.1", 2)
+
+
+def test_a_lockout_wakes_every_waiter_to_be_refused() -> None:
+    guard = LoginGuard(max_failures=2, lockout=60)
+    assert guard.try_begin("192.0.2.1", 0) and guard.try_begin("192.0.2.1", 0)
+    waiters = [lambda: None for _ in range(4)]
+    for waiter in waiters:
+        guard.wait("192.0.2.1", waiter)
+    guard.cancel("192.0.2.1", waiters[3])  # its session ended first
+    assert guard.finish("192.0.2.1", 1, failed=True) == (False, [])
+    locked, wake = guard.finish("192.0.2.1", 1, failed=True)
+    assert locked and wake == waiters[:3]
+    assert not guard.try_begin("192.0.2.1", 2)
+    assert guard.in_flight("192.0.2.1") == 0 and not guard._waiters
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["begin", "ok", "fail"]), st.floats(0, 2)), max_size=80))
+def test_never_more_than_the_limit_failed_or_under_way(events: list[tuple[str, float]]) -> None:
+    """A model check: failures in the window plus guesses under way never exceed the limit,
+    and nothing is left tracked once every guess is answered and the window has passed."""
+    guard = LoginGuard(max_failures=3, lockout=5)
+    now, under_way, failures = 0.0, 0, []
+    for event, step in events:
+        now += step
+        if event == "begin":
+            if guard.try_begin("h", now):
+                under_way += 1
+        elif under_way:
+            under_way -= 1
+            if guard.finish("h", now, failed=event == "fail")[0]:
+                failures = []
+            elif event == "fail":
+                failures.append(now)
+        recent = [when for when in failures if when > now - 5]
+        assert guard.locked("h", now) or len(recent) + under_way <= 3
+        assert guard.in_flight("h") == under_way
+    for _ in range(under_way):
+        guard.finish("h", now, failed=False)
+    assert guard.in_flight("h") == 0 and "h" not in guard._in_flight

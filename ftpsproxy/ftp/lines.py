@@ -30,22 +30,41 @@ class LineBuffer:
         Raises :class:`LineTooLong` once an unfinished line exceeds the limit, so
         a peer can never make us buffer unbounded input.
         """
-        self._buffer += data
+        self.append(data)
         lines: list[bytes] = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > self._max_line:
-                raise LineTooLong(f"line of {len(line)} bytes exceeds {self._max_line}")
+        while (line := self.next_line()) is not None:
             lines.append(line)
-        if len(self._buffer) > self._max_line:
-            raise LineTooLong(f"unterminated line exceeds {self._max_line} bytes")
         return lines
+
+    def append(self, data: bytes) -> None:
+        """Buffer *data* without splitting it yet: a reader that must stop between lines
+        (its replies are not being read) keeps the rest as bytes, not as line objects.
+
+        Raises :class:`LineTooLong` when the unfinished last line exceeds the limit.
+        """
+        self._buffer += data
+        last_end = self._buffer.rfind(b"\n")
+        if len(self._buffer) - last_end - 1 > self._max_line:
+            raise LineTooLong(f"unterminated line exceeds {self._max_line} bytes")
+
+    def next_line(self) -> bytes | None:
+        """The next complete line without its line end, or None; :class:`LineTooLong`
+        for a line over the limit."""
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > self._max_line:
+            raise LineTooLong(f"line of {len(line)} bytes exceeds {self._max_line}")
+        return line
+
+    @property
+    def complete_lines(self) -> int:
+        """How many complete lines wait to be taken."""
+        return self._buffer.count(b"\n")
 
     def clear(self) -> bytes:
         """Drop and return whatever is buffered (used after ``AUTH TLS``, see CVE-2011-0411)."""
