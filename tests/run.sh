@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-# System packages the tests drive (the FTP servers have their own step below).
-APT_PACKAGES="curl lftp openssl"
+# System packages the tests drive (the FTP servers have their own step below):
+# rclone (Go) and Apache Commons Net (Java) are clients of tests/test_interop_clients.py,
+# which also needs javac: a JDK only where there is none.
+APT_PACKAGES="curl lftp openssl rclone libcommons-net-java"
+if ! command -v javac >/dev/null; then APT_PACKAGES+=" default-jdk-headless"; fi
 SECONDS=0
 
 step() { printf '\n=== %s (t=%ss)\n' "$*" "$SECONDS"; }

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import interop_clients
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki, make_client_cert, make_expired_server_cert, make_pki
 from tests.support.clients import (
@@ -398,3 +399,14 @@ def test_require_tool(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(pytest.skip.Exception):
         require_tool("no-such-tool-ftpsproxy")
     assert require_tool("sh")
+
+
+def test_java_client_needs_commons_net(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A missing jar is a skip, or a failure under CI=true, like a missing tool."""
+    monkeypatch.setattr(interop_clients, "COMMONS_NET_JAR", tmp_path / "missing.jar")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="libcommons-net-java"):
+        interop_clients.compile_java_client(tmp_path)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="libcommons-net-java"):
+        interop_clients.compile_java_client(tmp_path)

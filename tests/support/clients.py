@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -113,11 +114,15 @@ def require_tool(name: str) -> str:
     """
     path = shutil.which(name)
     if path is None:
-        message = f"required tool {name!r} not found on PATH"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"required tool {name!r} not found on PATH")
     return path
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test for a missing tool or file, but fail it under CI=true."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def run_curl(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
