@@ -7,6 +7,7 @@ command waiting (``421`` on idle timeout, say) goes to ``on_unsolicited``.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections import deque
 from collections.abc import Callable
@@ -47,6 +48,15 @@ log = Logger()
 ReplyHandler = Callable[[Reply], None]
 
 
+class BackendLoss(enum.Enum):
+    """Why an established backend control connection ended: the class the client is told."""
+
+    CLOSED = "closed"  # the backend closed or reset the connection
+    TIMEOUT = "timeout"  # a command went unanswered for the reply timeout
+    INVALID_REPLY = "invalid_reply"  # a reply that is malformed or over the size cap
+    ENDED = "ended"  # the backend said 421 with no command outstanding
+
+
 class BackendSetupError(Exception):
     """The backend session could not be set up: a refused greeting, AUTH TLS, PBSZ or PROT.
 
@@ -84,7 +94,7 @@ class BackendControl(Protocol):
         self._greeted = False
         self._is_ready = False
         self.on_unsolicited: Callable[[Reply], None] = lambda reply: None
-        self.on_lost: Callable[[str], None] = lambda why: None
+        self.on_lost: Callable[[BackendLoss, str], None] = lambda kind, why: None
         self.closing = False
         self.tls_version: str | None = None
         self._clock: IReactorTime | None = None
@@ -152,7 +162,7 @@ class BackendControl(Protocol):
         self._reply_timer = None
         why = f"no reply from the backend within {self._reply_timeout:g}s"
         log.warn("{why}", why=why)
-        self.on_lost(why)
+        self.on_lost(BackendLoss.TIMEOUT, why)
         self.abort()
 
     def request(self, line: bytes, handler: ReplyHandler) -> None:
@@ -181,7 +191,7 @@ class BackendControl(Protocol):
         except FTPSyntaxError as error:
             log.warn("backend sent a malformed reply: {error}", error=error)
             self._fail(BackendSetupError(f"malformed reply from backend ({error})"))
-            self.on_lost(f"malformed reply from backend ({error})")
+            self.on_lost(BackendLoss.INVALID_REPLY, f"malformed reply from backend ({error})")
             self.abort()
             return
         for reply in replies:
@@ -266,7 +276,7 @@ class BackendControl(Protocol):
             else:
                 self._fail(BackendSetupError(f"connection lost: {reason.getErrorMessage()}"))
         if not self.closing:
-            self.on_lost(reason.getErrorMessage())
+            self.on_lost(BackendLoss.CLOSED, reason.getErrorMessage())
 
 
 class BackendConnector:

@@ -21,13 +21,19 @@ answers with RST instead of FIN, and the upload's tail still in flight is
 lost.  pyOpenSSL cannot set ``SSL_set_num_tickets(0)``, which would say the
 same thing; holding keeps the records in order, so a client that does read
 gets every ticket, just later.
+
+And it takes a close_notify that OpenSSL read as the clean end it is, even when
+OpenSSL then reports an unexpected EOF: Java closes a TLS 1.3 connection with
+``user_canceled`` followed by ``close_notify``, and OpenSSL 4 answers that pair
+with ``SSL_ERROR_SYSCALL`` instead of a clean shutdown, so every upload from
+Java would look truncated.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from OpenSSL.SSL import TLS1_3_VERSION, Error, WantReadError
+from OpenSSL.SSL import SSL_CB_READ_ALERT, TLS1_3_VERSION, Connection, Error, WantReadError
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
@@ -36,6 +42,8 @@ __all__ = ["BulkTLSFactory", "BulkTLSProtocol"]
 # Past this much held-back output (a client asking for key updates again and again),
 # the client has to read: send it all.
 HOLD_LIMIT = 16 * 1024
+
+_CLOSE_NOTIFY = 0  # TLS AlertDescription (RFC 8446 §6)
 
 
 def _ciphertext_bound(size: int) -> int:
@@ -51,6 +59,18 @@ class BulkTLSProtocol(TLSMemoryBIOProtocol):
     # None: not decided yet (handshake running); then whether post-handshake output waits.
     _holding: bool | None = None
     _held: bytes = b""
+    _close_notify_read = False
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        if not self.factory.is_client and self._tlsConnection is not None:
+            # Only the server side: a client connection's info callback is Twisted's own,
+            # set on the context for certificate verification, and an SSL's would hide it.
+            self._tlsConnection.set_info_callback(self._info)
+
+    def _info(self, connection: Connection, where: int, value: int) -> None:
+        if where & SSL_CB_READ_ALERT and value & 0xFF == _CLOSE_NOTIFY:
+            self._close_notify_read = True
 
     def _flushSendBIO(self, size: int = 2**15) -> None:
         """Move everything OpenSSL has produced to the socket transport, in one write."""
@@ -87,6 +107,8 @@ class BulkTLSProtocol(TLSMemoryBIOProtocol):
 
     def _tlsShutdownFinished(self, reason: Failure | None) -> None:
         self._release_held()
+        if reason is not None and self._close_notify_read and reason.check(Error):
+            reason = None  # the peer did close cleanly: report the transport's own end
         super()._tlsShutdownFinished(reason)
 
     def _write(self, data: Any) -> None:

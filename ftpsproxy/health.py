@@ -6,7 +6,6 @@ would report ready while every login fails.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -15,9 +14,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendConnector, BackendControl
-from .ftp.features import backend_features
-from .ftp.replies import Reply
+from .backend import BackendConnector
 from .metrics import Metrics
 
 log = Logger()
@@ -29,19 +26,16 @@ class _Hangup(Protocol):
 
 
 class BackendHealth:
-    """Probes the backend with TCP connections; learns its FEAT once with a full session."""
+    """Probes the backend with TCP connections."""
 
     def __init__(
         self,
         connector: BackendConnector,
         metrics: Metrics,
         interval: float,
-        on_features: Callable[[list[str]], None],
     ) -> None:
         self._connector = connector
         self._metrics = metrics
-        self._on_features = on_features
-        self.features_known = False
         self.up: bool | None = None  # None: not probed yet
         self._loop = LoopingCall(self.probe)
         self._interval = interval
@@ -69,26 +63,5 @@ class BackendHealth:
                 )
             self.up = up
             self._metrics.backend_up.set(1 if up else 0)
-            if up and not self.features_known:
-                self.learn_features()
 
         return connecting.addBoth(result)
-
-    def learn_features(self) -> None:
-        """Ask the backend FEAT (no login needed), so FEAT before login can show them."""
-        self.features_known = True
-
-        def ask(control: BackendControl) -> None:
-            def answer(reply: Reply) -> None:
-                if reply.code == 211:
-                    self._on_features(backend_features(reply))
-                control.request(b"QUIT\r\n", lambda reply: control.close())
-
-            control.on_lost = lambda why: None
-            control.request(b"FEAT\r\n", answer)
-
-        def failed(reason: Failure) -> None:
-            self.features_known = False  # try again with the next probe
-            log.info("could not ask the backend FEAT: {why}", why=reason.getErrorMessage())
-
-        self._connector.control().addCallbacks(ask, failed)

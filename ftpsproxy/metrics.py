@@ -133,6 +133,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.backend_replies_dropped = Counter(
+            "ftpsproxy_backend_replies_dropped",
+            "Backend replies not passed to the client: sent with no command outstanding.",
+            registry=r,
+        )
         self.backend_connects_total = Counter(
             "ftpsproxy_backend_connects",
             "Backend session set-ups, by result (success, refused, unreachable, tls, timeout).",

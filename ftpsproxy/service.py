@@ -98,9 +98,7 @@ class ProxyService(MultiService):
                 self.context.xferlog = XferLog(config.xferlog)
             except OSError as error:
                 raise ConfigError(f"xferlog {config.xferlog}: {error.strerror}") from error
-        self.health = BackendHealth(
-            self.context.backend, metrics, config.health_interval, self._learned_features
-        )
+        self.health = BackendHealth(self.context.backend, metrics, config.health_interval)
         if config.metrics:
             site = metrics_site(metrics, self._ready_problem)
             self._add(reactor, "metrics", config.metrics, site)
@@ -232,9 +230,6 @@ class ProxyService(MultiService):
         super().setServiceParent(parent)
         if self.config.log_format == "json" and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, JSONLineObserver())
-
-    def _learned_features(self, features: list[str]) -> None:
-        self.context.backend_features = features
 
     def _ready_problem(self) -> str | None:
         if self.health.up is False:

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from .backend import (
     BackendConnector,
     BackendControl,
+    BackendLoss,
     BackendSetupError,
     BackendTLSError,
     ReplyHandler,
@@ -63,6 +64,7 @@ from .ftp.policy import (
     refuses_mode,
     verb_label,
 )
+from .ftp.relayed import AddressMask, strip_controls
 from .ftp.replies import Reply, make_reply
 from .loginguard import LoginGuard
 from .metrics import Metrics
@@ -76,6 +78,14 @@ from .xferlog import TransferRecord, XferLog
 log = Logger()
 
 LOCKED_OUT = "Too many failed logins from your address; try again later."  # with 421
+
+# The 421 that ends a session when the backend connection ends: the class, no detail.
+LOSS_TEXTS = {
+    BackendLoss.CLOSED: "Service not available: the backend closed the connection.",
+    BackendLoss.TIMEOUT: "Service not available: the backend did not answer in time.",
+    BackendLoss.INVALID_REPLY: "Service not available: the backend sent an invalid reply.",
+    BackendLoss.ENDED: "Service not available: the backend ended the session.",
+}
 
 MAX_PIPELINED = 64
 _session_ids = itertools.count(1)
@@ -129,7 +139,6 @@ class ProxyContext:
     backend: BackendConnector
     open_sessions: set[Session] = field(default_factory=set)
     sessions_per_ip: Counter[str] = field(default_factory=Counter)
-    backend_features: list[str] = field(default_factory=list)  # from the last FEAT asked
     xferlog: XferLog | None = None
     login_guard: LoginGuard = field(init=False)
     splice: bool = field(init=False)  # plain-to-plain transfers may move in the kernel
@@ -190,6 +199,7 @@ class Session:
         self._penalty_timer: IDelayedCall | None = None  # a failed login's late answer
         self._guess_in_flight = False  # our PASS is at the backend, counted by the guard
         self._login_waiter: Callable[[], None] | None = None  # our PASS waits for a place
+        self._mask: AddressMask | None = None  # set once the backend is connected
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -462,6 +472,7 @@ class Session:
             backend.close()
             return
         self.backend = backend
+        self._mask = self._inside_addresses(backend)
         backend.watch_replies(
             self.context.reactor, self.config.backend_reply_timeout, self.config.close_timeout
         )
@@ -479,6 +490,15 @@ class Session:
             )
             return
         self._relay_login(user)
+
+    def _inside_addresses(self, backend: BackendControl) -> AddressMask:
+        """The backend's address (and name) read as the proxy's, the proxy's own address on
+        the backend's network as the client's: what the client sees of the same link."""
+        proxy = self.config.public_address or self.client.local_host
+        inside = {backend.peer_host: proxy, backend.local_host: self.client.peer_host}
+        if not _is_ip(self.config.backend.host):
+            inside[self.config.backend.host] = proxy
+        return AddressMask(inside)
 
     def _backend_failed(self, reason: Failure) -> None:
         error = reason.value
@@ -652,11 +672,9 @@ class Session:
             if backend_ready:
                 self._request(b"FEAT\r\n", self._feat_reply)
             else:
-                # Clients (lftp) ask once, before login: answer with what the backend
-                # said when the proxy last asked it.
-                self._send(
-                    features.merge_features(self._own_features(), self.context.backend_features)
-                )
+                # Before login, only the proxy's own: the backend's list would tell anyone
+                # which server software runs behind the proxy.
+                self._send(features.merge_features(self._own_features(), []))
         elif verb == "OPTS" and argument.startswith(b"UTF8"):
             self._reply(200, "UTF8 mode is always on.")
         elif verb == "OPTS" and backend_ready:
@@ -714,10 +732,7 @@ class Session:
     def _feat_reply(self, reply: Reply) -> None:
         if reply.is_preliminary:
             return
-        learned = features.backend_features(reply)
-        if reply.code == 211:
-            self.context.backend_features = learned
-        self._send(features.merge_features(self._own_features(), learned))
+        self._send(features.merge_features(self._own_features(), features.backend_features(reply)))
         self._done()
 
     # -- passive mode -----------------------------------------------------------------------
@@ -875,6 +890,11 @@ class Session:
                     raise FTPSyntaxError(f"backend answered {reply.code}")
             except FTPSyntaxError as error:
                 self._backend_data_failed(channel, str(error))
+                return
+            if port < 1024:
+                # Never a privileged port: the backend's own FTP port, or another service.
+                self.metrics.data_connections_refused.labels(reason="backend_port").inc()
+                self._backend_data_failed(channel, f"backend named privileged data port {port}")
                 return
             channel.backend_port = port
             answer()
@@ -1101,22 +1121,31 @@ class Session:
         self._busy = True
         self.backend.request(line, handler)
 
-    def _backend_lost(self, why: str) -> None:
+    def _backend_lost(self, kind: BackendLoss, why: str) -> None:
         log.warn("session {session} backend connection lost: {why}", session=self.id, why=why)
         if self._transfer is not None and self.state is not State.CLOSED:
             # The transfer's own answer first (RFC 959: 426), then the session's end.
             self._reply(426, "Connection closed; transfer aborted: the backend went away.")
-        self._close(421, "Service not available: the backend closed the connection.")
+        self._close(421, LOSS_TEXTS[kind])
 
     def _backend_unsolicited(self, reply: Reply) -> None:
-        self._send(reply)
+        """A reply with no command outstanding (unasked, or a second final reply) answers
+        nothing the client asked: it is dropped, and a 421 ends the session."""
+        self.metrics.backend_replies_dropped.inc()
+        log.warn(
+            "session {session} dropped a backend reply with no command outstanding: {code}",
+            session=self.id,
+            code=reply.code,
+        )
         if reply.code == 421:
-            self._shutdown("backend sent 421")
+            self._backend_lost(BackendLoss.ENDED, "backend sent 421")
 
     # -- output -----------------------------------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
         if self.state is not State.CLOSED:
+            if self._mask is not None:  # the backend's replies, and our own alike
+                reply = self._mask.apply(strip_controls(reply))
             self.metrics.replies_total.labels(f"{reply.code // 100}xx").inc()
             self.client.send(reply.encode())
 
@@ -1129,6 +1158,14 @@ def _verb_of(line: bytes) -> str | None:
         return parse_command(line).verb
     except FTPSyntaxError:
         return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _printable(text: str) -> str:

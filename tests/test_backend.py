@@ -124,7 +124,7 @@ def test_malformed_reply_aborts_and_reports() -> None:
     transport = _connect(control)
     control.dataReceived(b"220 hi\r\n")
     lost: list[str] = []
-    control.on_lost = lost.append
+    control.on_lost = lambda kind, why: lost.append(why)
     control.dataReceived(b"garbage\r\n")
     assert lost and "malformed" in lost[0]
     assert transport.disconnected

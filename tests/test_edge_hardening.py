@@ -6,15 +6,21 @@ measuring the bound it now meets.
 
 from __future__ import annotations
 
+import contextlib
+import ftplib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import cast
+
+import pytest
 
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
-from tests.test_e2e_core import start_proxy
+from tests.support.faults import Answer, FakeBackend, FakeConnection, ftp_server, then_hold
+from tests.test_e2e_core import Proxied, start_proxy
 
 PARALLEL = 50
 
@@ -119,3 +125,106 @@ def test_a_success_frees_its_place_for_the_next_parallel_login(
         thread.join(timeout=60)
     assert [result[:3] for result in results] == ["230"] * 12, results
     assert time.monotonic() - started < 30
+
+
+# -- trust nothing the backend says ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _fake_proxied(
+    make_proxy: MakeProxy, pki: Pki, answers: dict[str, Answer], *extra: str
+) -> Iterator[Proxied]:
+    """The proxy in front of a scripted backend that answers by verb."""
+    with FakeBackend(ftp_server(answers)) as fake:
+        yield start_proxy(make_proxy, cast(PyftpdBackend, fake), pki, *extra)
+
+
+def _logged_in(proxied: Proxied) -> ftplib.FTP:
+    ftp = ftplib.FTP(timeout=20)
+    ftp.connect("127.0.0.1", proxied.port)
+    ftp.login("anyone", "whatever")
+    return ftp
+
+
+def test_backend_data_ports_below_1024_are_refused(make_proxy: MakeProxy, pki: Pki) -> None:
+    """A 229 or 227 naming port 21 (the backend's own FTP port) is never followed."""
+    answers: dict[str, Answer] = {"EPSV": b"229 Entering Extended Passive Mode (|||21|)\r\n"}
+    with _fake_proxied(make_proxy, pki, answers) as proxied:
+        ftp = _logged_in(proxied)
+        with pytest.raises(ftplib.error_temp, match=r"^425"):
+            ftp.sendcmd("PASV")
+        assert ftp.sendcmd("NOOP").startswith("200")
+        ftp.quit()
+        refused = proxied.metrics()["ftpsproxy_data_connections_refused_total{reason=backend_port}"]
+        assert refused == 1
+    assert "privileged data port 21" in proxied.proxy.log_text()  # type: ignore[attr-defined]
+
+
+def test_control_bytes_in_backend_replies_do_not_reach_the_client(
+    make_proxy: MakeProxy, pki: Pki
+) -> None:
+    answers: dict[str, Answer] = {"NOOP": b"200 ok\rINJECT 200 fake \x1b[31mred\x1b[0m\x07\r\n"}
+    with _fake_proxied(make_proxy, pki, answers) as proxied:
+        ftp = _logged_in(proxied)
+        assert ftp.sendcmd("NOOP") == "200 ok?INJECT 200 fake ?[31mred?[0m?"
+        ftp.quit()
+
+
+def test_replies_that_answer_nothing_are_dropped(make_proxy: MakeProxy, pki: Pki) -> None:
+    """A second final reply must not become the answer to the client's next command."""
+    answers: dict[str, Answer] = {"NOOP": b"200 ok\r\n200 second, unasked\r\n"}
+    with _fake_proxied(make_proxy, pki, answers) as proxied:
+        ftp = _logged_in(proxied)
+        assert ftp.sendcmd("NOOP") == "200 ok"
+        time.sleep(0.3)  # the second reply has arrived at the proxy
+        assert ftp.sendcmd("PWD").startswith("257")
+        ftp.quit()
+        assert proxied.metrics()["ftpsproxy_backend_replies_dropped_total{}"] == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "text"),
+    [
+        (then_hold(b""), "the backend did not answer in time"),
+        (then_hold(b"200 " + b"A" * 1_100_000 + b"\r\n"), "the backend sent an invalid reply"),
+        (b"221 Bye.\r\n", ""),  # answered, then the backend closes (see below)
+    ],
+    ids=["reply-timeout", "reply-over-the-cap", "closed"],
+)
+def test_the_421_says_why_the_backend_went_away(
+    make_proxy: MakeProxy, pki: Pki, answer: Answer, text: str
+) -> None:
+    def closes(connection: FakeConnection, argument: bytes) -> None:
+        connection.sock.close()
+
+    answers: dict[str, Answer] = {"NOOP": answer if text else closes}
+    text = text or "the backend closed the connection"
+    with _fake_proxied(make_proxy, pki, answers, "--backend-reply-timeout", "1") as proxied:
+        ftp = _logged_in(proxied)
+        with pytest.raises(ftplib.error_temp) as raised:
+            ftp.sendcmd("NOOP")
+        assert str(raised.value) == f"421 Service not available: {text}."
+        ftp.close()
+
+
+# -- nothing about the inside reaches the outside -----------------------------------------
+
+
+def test_stat_and_feat_before_login_show_nothing_of_the_inside(
+    make_proxy: MakeProxy, make_backend: Callable[..., PyftpdBackend], pki: Pki
+) -> None:
+    """The backend listens on 127.0.0.5 and the client comes from 127.0.0.9: STAT shows
+    the client's view (the proxy's address, the client's own), never the backend's."""
+    backend = make_backend(host="127.0.0.5")
+    proxied = start_proxy(make_proxy, backend, pki)
+    ftp = ftplib.FTP(timeout=20, source_address=("127.0.0.9", 0))
+    ftp.connect("127.0.0.1", proxied.port)
+    before_login = ftp.sendcmd("FEAT")
+    assert "MLST" not in before_login and "MDTM" not in before_login  # pyftpdlib's own
+    ftp.login(backend.user, backend.password)
+    status = ftp.sendcmd("STAT")
+    ftp.quit()
+    assert status.startswith("211") and "Connected to" in status, status
+    assert "127.0.0.5" not in status, status
+    assert f":{backend.port}" not in status or "127.0.0.1" in status, status
+    assert "127.0.0.9" in status or "127.0.0.1" in status, status

@@ -398,7 +398,7 @@ def test_misbehaving_backend_gives_421_quickly_and_leaks_nothing(
             ftp.voidcmd("NOOP")
             ftp.quit()
         settle(proxied)
-        # The start-up probe and FEAT query (each bounded by the connect timeout) end.
+        # The start-up probe (bounded by the connect timeout) ends.
         wait_until(fake.all_closed, 10, "the proxy's start-up backend connections closed")
         baseline = idle_fds(proxy)
 
@@ -418,7 +418,7 @@ def test_misbehaving_backend_gives_421_quickly_and_leaks_nothing(
 
         settle(proxied, baseline)
         # The proxy closed its end of every backend connection (the session's, and the
-        # start-up health probe's and FEAT query's).
+        # start-up health probe's).
         wait_until(fake.all_closed, 10, "the proxy closing the backend connections")
         assert fake.accepted() >= 2
         assert proxy.is_running()
