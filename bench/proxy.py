@@ -108,6 +108,7 @@ def start(
     argv += ["--certificate", str(pki.server_cert), "--private-key", str(pki.server_key)]
     argv += ["--backend", backend_url, "--passive-ports", f"{passive[0]}-{passive[1]}"]
     argv += ["--public-address", HOST, "--max-sessions", "5000", "--max-sessions-per-ip", "5000"]
+    argv += ["--max-passive-ports-per-ip", "5000"]  # every client runs on 127.0.0.1
     if backend_url.startswith(("ftpes:", "ftps:")):
         # The same TLS version towards the backend as mod_proxy's (ProxyTLSProtocol TLSv1.2).
         argv += ["--backend-ca", str(pki.ca_cert), "--backend-tls-max-version", "1.2"]

@@ -79,6 +79,10 @@ class BackendSessionTLS:
         if settings.maximum_version is not None:
             context.set_max_proto_version(_VERSIONS[settings.maximum_version])
         context.set_options(SSL.OP_NO_COMPRESSION)
+        # OpenSSL's default cipher list, unlike the client-facing side (tlsconfig.py):
+        # the backend is often an old server on the inside with only static-RSA or CBC
+        # suites that must stay reachable; this leg does not face the internet.
+
         # Sessions are kept by hand (the control connection's).  OpenSSL's client-side
         # cache must stay off: with it, the control session stopped being offered
         # after its first use on a data connection (seen with vsftpd and ProFTPD,

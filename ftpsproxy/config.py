@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .ports import default_share
 
 _DEFAULT_PORTS = {"ftp": 21, "ftpes": 21, "ftps": 990}
 
@@ -103,6 +104,7 @@ class Config:
     backend_data_mode: str = "passive"
     max_sessions: int = 1000
     max_sessions_per_ip: int = 50
+    max_passive_ports_per_ip: int = 0  # 0: a tenth of the range, at least 2
     login_timeout: float = 60.0
     idle_timeout: float = 900.0
     backend_reply_timeout: float = 60.0
@@ -121,6 +123,11 @@ class Config:
     @property
     def tls_enabled(self) -> bool:
         return self.certificate is not None
+
+    @property
+    def passive_share(self) -> int:
+        """Passive ports one client address may hold at once (of this process's range)."""
+        return self.max_passive_ports_per_ip or default_share(self.passive_ports.size)
 
 
 # Option name -> how to turn a value (from the command line or the file) into a Config field.
@@ -151,6 +158,7 @@ _SCALARS: dict[str, str] = {
     "backend-data-mode": "choice:passive,active",
     "max-sessions": "count",
     "max-sessions-per-ip": "count",
+    "max-passive-ports-per-ip": "count0",
     "login-timeout": "seconds",
     "idle-timeout": "seconds",
     "backend-reply-timeout": "seconds",
@@ -179,13 +187,14 @@ def _convert(key: str, kind: str, value: Any) -> Any:
         raise ConfigError(f"{key}: expected a string or number, got {value!r}")
     if kind == "path":
         return Path(str(value))
-    if kind == "count":
+    if kind in ("count", "count0"):
+        least = 1 if kind == "count" else 0
         try:
             count = int(value)
         except ValueError as error:
             raise ConfigError(f"{key}: {value!r} is not a whole number") from error
-        if count < 1 or count != float(value):
-            raise ConfigError(f"{key}: {value!r} must be a whole number >= 1")
+        if count < least or count != float(value):
+            raise ConfigError(f"{key}: {value!r} must be a whole number >= {least}")
         return count
     if kind.startswith("choice:"):
         choices = kind.removeprefix("choice:").split(",")
@@ -307,6 +316,7 @@ RELOADABLE: frozenset[str] = frozenset(
         "tls_handshake_timeout",
         "max_sessions",
         "max_sessions_per_ip",
+        "max_passive_ports_per_ip",
         "login_timeout",
         "idle_timeout",
         "backend_reply_timeout",

@@ -2,7 +2,9 @@
 
 A listener accepts only connections from the session's client address; others
 are closed at once and counted.  It stops listening after the first accepted
-connection, and gives its port back to the allocator on every path.
+connection, and gives its port back to the allocator on every path.  Ports are
+held in the client address's name, so one address gets no more than its share
+of the range (see :mod:`ftpsproxy.ports`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from twisted.logger import Logger
 from .bulktls import BulkTLSFactory
 from .factories import PrebuiltFactory
 from .metrics import Metrics
-from .ports import PortAllocator
+from .ports import PortAllocator, Refusal
 from .tlsconfig import ServerTLS
 
 log = Logger()
@@ -74,9 +76,12 @@ class PassiveListener:
 
     def start(self, interface: str) -> bool:
         """Listen on a free port of the range; False when none can be had."""
+        owner = self._client_host.removeprefix("::ffff:")  # one address, however it came
+        refusal = Refusal.EXHAUSTED
         for _ in range(self._allocator.capacity):
-            port = self._allocator.acquire()
-            if port is None:
+            port = self._allocator.acquire(owner)
+            if isinstance(port, Refusal):
+                refusal = port
                 break
             try:
                 self._listening = self._reactor.listenTCP(
@@ -90,7 +95,16 @@ class PassiveListener:
             self.port = port
             self._metrics.passive_ports_in_use.set(self._allocator.in_use)
             return True
-        self._metrics.passive_ports_exhausted.inc()
+        if refusal is Refusal.SHARE:
+            self._metrics.data_connections_refused.labels(reason=refusal.value).inc()
+            log.warn(
+                "refused a passive port to {client}: it holds {held} (its share is {share})",
+                client=self._client_host,
+                held=self._allocator.held_by(owner),
+                share=self._allocator.share,
+            )
+        else:
+            self._metrics.passive_ports_exhausted.inc()
         return False
 
     def _accept(self, addr: IAddress) -> Protocol | None:

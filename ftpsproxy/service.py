@@ -76,7 +76,7 @@ class ProxyService(MultiService):
             reactor=reactor,
             config=config,
             metrics=metrics,
-            allocator=PortAllocator(ports.low, ports.high),
+            allocator=PortAllocator(ports.low, ports.high, config.passive_share),
             server_tls=server_tls,
             backend=BackendConnector(
                 reactor,
@@ -150,6 +150,7 @@ class ProxyService(MultiService):
         guard = self.context.login_guard
         guard.max_failures = change.config.max_login_failures
         guard.lockout = change.config.login_lockout
+        self.context.allocator.set_share(change.config.passive_share)
 
     def reload_tls(self) -> bool:
         """Load the certificate and key again (SIGHUP); on failure keep the old ones."""

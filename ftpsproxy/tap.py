@@ -102,6 +102,14 @@ class Options(usage.Options):
         ["xferlog", None, None, "Append a wu-ftpd/ProFTPD xferlog line per file transfer here."],
         ["max-sessions", None, None, "Sessions open at once, in total (default 1000)."],
         ["max-sessions-per-ip", None, None, "Sessions open at once per client IP (default 50)."],
+        [
+            "max-passive-ports-per-ip",
+            None,
+            None,
+            "Passive ports one client IP may hold at once (from PASV/EPSV until the "
+            "transfer ends); beyond it PASV/EPSV get 425. Default 0: a tenth of the "
+            "range, at least 2 (of each worker's slice with --workers).",
+        ],
         ["login-timeout", None, None, "Seconds from connection to login (default 60)."],
         ["idle-timeout", None, None, "Seconds without a command, outside transfers (default 900)."],
         [
@@ -146,7 +154,13 @@ class Options(usage.Options):
         ["certificate", None, None, "PEM certificate chain for client-facing TLS."],
         ["private-key", None, None, "PEM private key for --certificate."],
         ["tls-minimum-version", None, None, "Lowest TLS version accepted: 1.2 (default) or 1.3."],
-        ["tls-ciphers", None, None, "OpenSSL cipher string for TLS 1.2."],
+        [
+            "tls-ciphers",
+            None,
+            None,
+            "OpenSSL cipher string for TLS 1.2 (default: ECDHE with AES-GCM or "
+            "ChaCha20-Poly1305 only; TLS 1.3 suites are OpenSSL's).",
+        ],
         ["passive-ports", None, None, "Passive data port range MIN-MAX (default 30000-30099)."],
         ["public-address", None, None, "IPv4 address announced in PASV replies."],
         ["passive-timeout", None, None, "Seconds to wait for data connections (default 30)."],

@@ -21,6 +21,17 @@ from .errors import ConfigError
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _SESSION_ID_CONTEXT = b"ftpsproxy"
+#: TLS 1.2 suites offered unless --tls-ciphers says otherwise: forward secrecy (ECDHE)
+#: and AEAD only, Mozilla's "intermediate" profile without its DHE suites (slower than
+#: ECDHE, and their DH group would be ours to choose).  OpenSSL's default also accepts
+#: static-RSA key exchange and CBC with SHA-1 MACs, which scanners flag.  TLS 1.3 suites
+#: are OpenSSL's own: all AEAD, all forward-secret.  An ECDSA certificate gets the ECDSA
+#: suites, an RSA one the RSA suites.
+DEFAULT_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -104,11 +115,10 @@ def load_server_tls(
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     # Idle sessions keep no TLS buffers: matters with thousands of idle clients.
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    if ciphers:
-        try:
-            context.set_cipher_list(ciphers.encode("ascii"))
-        except (SSL.Error, UnicodeEncodeError) as error:
-            raise ConfigError(f"tls-ciphers: {ciphers!r} selects no usable cipher") from error
+    try:
+        context.set_cipher_list((ciphers or DEFAULT_CIPHERS).encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError) as error:
+        raise ConfigError(f"tls-ciphers: {ciphers!r} selects no usable cipher") from error
     try:
         context.use_certificate_chain_file(str(certificate))
     except SSL.Error as error:

@@ -255,6 +255,7 @@ def churn(make_proxy: MakeProxy, pki: Pki, tmp_path: Path) -> Iterator[Churn]:
             "--health-interval", "3600",  # no probe connections in the middle of a count
             "--max-sessions", str(4 * CONCURRENT),
             "--max-sessions-per-ip", str(2 * CONCURRENT),
+            "--max-passive-ports-per-ip", str(CONCURRENT + 100),  # all from 127.0.0.1
             passive_count=CONCURRENT + 100,
         )  # fmt: skip
         yield Churn(proxied)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock
 
 from ftpsproxy.config import (
     BackendAddress,
@@ -13,6 +14,7 @@ from ftpsproxy.config import (
     reload_config,
 )
 from ftpsproxy.errors import ConfigError
+from ftpsproxy.service import ProxyService
 
 BASE = {"backend": "ftp://127.0.0.1:2100", "listen": ["tcp:2121"]}
 
@@ -99,3 +101,33 @@ def test_reload_cannot_turn_tls_on() -> None:
     change = reload_config(current, fresh)
     assert set(change.needs_restart) == {"certificate", "private_key"}
     assert change.config.certificate is None
+
+
+def test_passive_share_defaults_to_a_tenth_of_the_range() -> None:
+    assert build_config(BASE, {}).passive_share == 10  # 30000-30099
+    small = build_config({**BASE, "passive-ports": "41000-41014"}, {})
+    assert (small.max_passive_ports_per_ip, small.passive_share) == (0, 2)
+    assert build_config({**BASE, "max-passive-ports-per-ip": 0}, {}).passive_share == 10
+    explicit = build_config(
+        {**BASE, "max-passive-ports-per-ip": 3}, {"max-passive-ports-per-ip": "25"}
+    )
+    assert explicit.passive_share == 25  # the command line wins; more than 10 is allowed
+
+
+@pytest.mark.parametrize("value", [-1, "-1", 2.5, "many", True])
+def test_passive_share_must_be_a_whole_number(value: object) -> None:
+    with pytest.raises(ConfigError, match="max-passive-ports-per-ip"):
+        build_config({**BASE, "max-passive-ports-per-ip": value}, {})
+
+
+def test_sighup_changes_the_passive_share_for_new_requests() -> None:
+    current = build_config(BASE, {})
+    fresh = build_config({**BASE, "max-passive-ports-per-ip": 4}, {})
+    assert reload_config(current, fresh).applied == {"max_passive_ports_per_ip": (0, 4)}
+    service = ProxyService(current, MemoryReactorClock(), reread_config=lambda: fresh)
+    assert service.context.allocator.share == 10
+    service.reload()
+    assert service.context.allocator.share == 4
+    service._reread_config = lambda: current
+    service.reload()
+    assert service.context.allocator.share == 10

@@ -263,7 +263,10 @@ def test_lftp_tls_get_put_and_mirror(
 def test_exhausted_passive_range_gives_425_and_recovers(
     make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki
 ) -> None:
-    proxied = start_proxy(make_proxy, backend, pki, passive_count=2)
+    # A share above the range: the range itself runs out, not one address's share of it.
+    proxied = start_proxy(
+        make_proxy, backend, pki, "--max-passive-ports-per-ip", "3", passive_count=2
+    )
     holders = [proxied.ftp_tls() for _ in range(2)]
     for ftp in holders:
         ftp.makepasv()  # holds a port: no data connection, no transfer
@@ -277,6 +280,46 @@ def test_exhausted_passive_range_gives_425_and_recovers(
     assert third.nlst() == []
     holders[1].quit()
     third.quit()
+    _wait_for(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
+
+
+def test_one_address_gets_its_share_of_the_passive_range_and_others_still_transfer(
+    make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki
+) -> None:
+    digest = make_random_file(backend.path("share.bin"), 4 * 1024 * 1024)
+    ports, share = 30, 3  # the default share: a tenth of the range
+    proxied = start_proxy(
+        make_proxy, backend, pki, "--max-sessions-per-ip", str(ports + 10), passive_count=ports
+    )
+    holders = [proxied.ftp_tls() for _ in range(ports)]  # all from 127.0.0.1
+    replies = []
+    for ftp in holders:
+        try:
+            ftp.makepasv()  # holds a port: no data connection, no transfer
+            replies.append("227")
+        except ftplib.error_temp as error:
+            replies.append(str(error)[:3])
+    assert replies == ["227"] * share + ["425"] * (ports - share)
+    holders[0].makepasv()  # a holder asking again gets a port in place of its own
+    samples = proxied.metrics()
+    assert samples["ftpsproxy_data_connections_refused_total{reason=per_ip_share}"] == ports - share
+    assert samples["ftpsproxy_passive_ports_exhausted_total{}"] == 0
+    assert samples["ftpsproxy_passive_ports_in_use{}"] == share
+    log = proxied.proxy.log_text()  # type: ignore[attr-defined]
+    assert log.count("refused a passive port to 127.0.0.1: it holds 3 (its share is 3)") == 27
+
+    # Another address is unaffected: a port, and a whole transfer.
+    other = ftplib.FTP_TLS(
+        context=client_context(pki.ca_cert), timeout=30, source_address=("127.0.0.2", 0)
+    )
+    other.connect("127.0.0.1", proxied.port)
+    assert other.sock.getsockname()[0] == "127.0.0.2"
+    other.login(backend.user, backend.password)
+    other.prot_p()
+    assert _sha(_retr(other, "share.bin")) == digest
+    other.quit()
+    for ftp in holders:
+        ftp.quit()
     _wait_for(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
 
 

@@ -163,8 +163,12 @@ def make_tree(root: Path) -> dict[str, bytes | None]:
     return tree_listing(root)
 
 
-def test_lftp_mirror_round_trip_of_a_thousand_files(proxied: Proxied, tmp_path: Path) -> None:
+def test_lftp_mirror_round_trip_of_a_thousand_files(
+    make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki, tmp_path: Path
+) -> None:
     require_tool("lftp")
+    # lftp's 4 connections, all from 127.0.0.1: more than the default share of 10 ports.
+    proxied = start_proxy(make_proxy, backend, pki, "--max-passive-ports-per-ip", "10")
     source = tmp_path / "source"
     expected = make_tree(source)
     files = [name for name, data in expected.items() if data is not None]

@@ -627,8 +627,14 @@ def test_passive_ports_held_by_idle_clients_come_back_after_the_passive_timeout(
     make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki
 ) -> None:
     proxied = start_proxy(
-        make_proxy, backend, pki, *QUIET, "--passive-timeout", "2", passive_count=3
-    )
+        make_proxy,
+        backend,
+        pki,
+        *QUIET,
+        "--passive-timeout", "2",
+        "--max-passive-ports-per-ip", "4",  # the range runs out, not one address's share
+        passive_count=3,
+    )  # fmt: skip
     baseline = warm_baseline(proxied)
     holders = [login(proxied) for _ in range(3)]
     for ftp in holders:

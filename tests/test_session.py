@@ -370,12 +370,12 @@ def test_invalid_backend_passive_reply_gives_425_and_frees_port(harness: Harness
 def test_exhausted_passive_range_gives_425_and_session_goes_on() -> None:
     harness = Harness(ports=1)
     harness.login()
-    taken = harness.context.allocator.acquire()  # another session holds the only port
+    taken = harness.context.allocator.acquire("192.0.2.99")  # another client holds the only port
     harness.send(b"EPSV\r\n")
     assert harness.replies() == b"425 No passive port available; try again later.\r\n"
     assert harness.sent_to_backend() == b""
     assert harness.metrics.passive_ports_exhausted._value.get() == 1
-    assert taken is not None
+    assert isinstance(taken, int)
     harness.context.allocator.release(taken)
     _passive(harness, b"EPSV\r\n")
     assert harness.replies().startswith(b"229 ")

@@ -257,9 +257,12 @@ def _workers(proxy: ProxyProcess) -> dict[int, tuple[int, range]]:
 def _start(make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki, *extra: str) -> Proxied:
     """The proxy with 2 workers (unless *extra* sets them in a file), ready."""
     workers = [] if "--config" in extra else ["--workers", "2"]
+    # Up to 8 concurrent transfers from 127.0.0.1: the whole of a worker's 10-port slice.
+    share = ["--max-passive-ports-per-ip", "10"]
     proxied = start_proxy(
-        make_proxy, backend, pki, *workers, "--health-interval", "0.5", *extra, passive_count=20
-    )
+        make_proxy, backend, pki, *workers, "--health-interval", "0.5", *share, *extra,
+        passive_count=20,
+    )  # fmt: skip
     readyz = f"http://127.0.0.1:{proxied.metrics_port}/readyz"
     _wait(lambda: _get(readyz)[0] == 200, what="/readyz 200")
     return proxied
