@@ -195,7 +195,7 @@ def test_the_421_says_why_the_backend_went_away(
     make_proxy: MakeProxy, pki: Pki, answer: Answer, text: str
 ) -> None:
     def closes(connection: FakeConnection, argument: bytes) -> None:
-        connection.sock.close()
+        connection.sock.shutdown(socket.SHUT_RDWR)  # the dialogue loop then ends
 
     answers: dict[str, Answer] = {"NOOP": answer if text else closes}
     text = text or "the backend closed the connection"
