@@ -131,7 +131,8 @@ class Metrics:
             "ftpsproxy_data_connections_refused",
             "Data connections refused, by reason: foreign_address (not from the session's "
             "client), bounce (PORT/EPRT elsewhere or below 1024), per_ip_share (PASV/EPSV "
-            "refused with 425: the client address holds its share of the passive range).",
+            "refused with 425: the client address holds its share of the passive range), "
+            "backend_port (the backend's 227/229 named a port below 1024).",
             ["reason"],
             registry=r,
         )
@@ -177,7 +178,7 @@ class Metrics:
             self.data_timeouts.labels(kind=kind)
         for reason in ("limit", "lockout"):
             self.sessions_refused.labels(reason=reason)
-        for reason in ("foreign_address", "bounce", "per_ip_share"):
+        for reason in ("foreign_address", "bounce", "per_ip_share", "backend_port"):
             self.data_connections_refused.labels(reason=reason)
         self.transfers_active.set(0)
         self.passive_ports_in_use.set(0)
