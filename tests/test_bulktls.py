@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
-from ftpsproxy.bulktls import BulkTLSFactory, BulkTLSProtocol
+from ftpsproxy.tls.bulk import BulkTLSFactory, BulkTLSProtocol
 from tests.support.certs import Pki
 
 # Twisted's PrivateCertificate hands pyOpenSSL its legacy X509/PKey objects.

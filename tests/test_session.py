@@ -21,12 +21,12 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from ftpsproxy.backend import BackendControl
-from ftpsproxy.config import Config, PortRange, parse_backend_url
-from ftpsproxy.frontend import FrontendProtocol
-from ftpsproxy.metrics import Metrics
-from ftpsproxy.ports import PortAllocator
-from ftpsproxy.session import ProxyContext, State
+from ftpsproxy.control.backend import BackendControl
+from ftpsproxy.control.frontend import FrontendProtocol
+from ftpsproxy.control.session import ProxyContext, State
+from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.settings.config import Config, PortRange, parse_backend_url
 
 CLIENT = IPv4Address("TCP", "127.0.0.5", 50000)
 PROXY = IPv4Address("TCP", "127.0.0.1", 2121)

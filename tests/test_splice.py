@@ -28,7 +28,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from ftpsproxy import splice
-from ftpsproxy.splice import SpliceError, SplicePump, splice_supported
+from ftpsproxy.data.splice import SpliceError, SplicePump, splice_supported
 
 pytestmark = pytest.mark.skipif(not splice_supported(), reason="splice(2) not available")
 

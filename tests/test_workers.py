@@ -29,11 +29,9 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ftpsproxy.config import PortRange, build_config
-from ftpsproxy.errors import ConfigError
-from ftpsproxy.exposition import merge_expositions
-from ftpsproxy.metrics import Metrics
-from ftpsproxy.workers import (
+from ftpsproxy.observe.exposition import merge_expositions
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.ops.supervisor import (
     RESPAWN_DELAY,
     RESPAWN_DELAY_MAX,
     WorkerJSONLineObserver,
@@ -42,6 +40,8 @@ from ftpsproxy.workers import (
     split_passive_ports,
     worker_cli,
 )
+from ftpsproxy.settings.config import PortRange, build_config
+from ftpsproxy.settings.errors import ConfigError
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
@@ -215,11 +215,13 @@ def test_json_logs_keep_the_worker_of_an_event() -> None:
             "log_format": "session {session} start",
             "session": 3,
             "worker": 1,
-            "log_namespace": "ftpsproxy.session",
+            "log_namespace": "ftpsproxy.control.session",
             "log_time": 0.0,
         }
     )
-    observer({"log_format": "master line", "log_namespace": "ftpsproxy.workers", "log_time": 0.0})
+    observer(
+        {"log_format": "master line", "log_namespace": "ftpsproxy.ops.supervisor", "log_time": 0.0}
+    )
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert (first["event"], first["session"], first["worker"]) == ("session 3 start", 3, 1)
     assert second["event"] == "master line" and "worker" not in second
@@ -425,7 +427,7 @@ def test_json_logs_carry_the_worker_and_workers_do_not_outlive_a_killed_master(
     records = [json.loads(line) for line in proxy.log_text().splitlines() if line.strip()]
     starts = [r for r in records if r["event"].startswith("session ") and " start " in r["event"]]
     assert len(starts) == 4 and all(r["worker"] in (0, 1) for r in starts)
-    assert all(r["namespace"] == "ftpsproxy.session" and "session" in r for r in starts)
+    assert all(r["namespace"] == "ftpsproxy.control.session" and "session" in r for r in starts)
 
     workers = [pid for pid, _ in _workers(proxy).values()]
     os.kill(proxy.pid, signal.SIGKILL)

@@ -6,7 +6,7 @@ import io
 import time
 from pathlib import Path
 
-from ftpsproxy.xferlog import TransferRecord, format_line
+from ftpsproxy.observe.xferlog import TransferRecord, format_line
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki

@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import (
+from ftpsproxy.control.backend import (
     BackendConnector,
     BackendControl,
     BackendLoss,
@@ -37,11 +37,13 @@ from .backend import (
     BackendTLSError,
     ReplyHandler,
 )
-from .bulktls import BulkTLSFactory
-from .config import Config
-from .factories import PrebuiltFactory
-from .ftp import features
-from .ftp.addresses import (
+from ftpsproxy.control.loginguard import LoginGuard
+from ftpsproxy.data.passive import BackendDataListener, PassiveListener, same_host
+from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.data.relay import DataChannel, Outcome
+from ftpsproxy.data.splice import splice_supported
+from ftpsproxy.ftp import features
+from ftpsproxy.ftp.addresses import (
     UnsupportedFamily,
     format_eprt_argument,
     format_epsv_reply,
@@ -52,9 +54,9 @@ from .ftp.addresses import (
     parse_pasv_reply,
     parse_port_argument,
 )
-from .ftp.errors import FTPSyntaxError
-from .ftp.lines import Command, parse_command
-from .ftp.policy import (
+from ftpsproxy.ftp.errors import FTPSyntaxError
+from ftpsproxy.ftp.lines import Command, parse_command
+from ftpsproxy.ftp.policy import (
     PRE_LOGIN,
     REFUSALS,
     TRANSFER_DIRECTIONS,
@@ -64,16 +66,14 @@ from .ftp.policy import (
     refuses_mode,
     verb_label,
 )
-from .ftp.relayed import AddressMask, strip_controls
-from .ftp.replies import Reply, make_reply
-from .loginguard import LoginGuard
-from .metrics import Metrics
-from .passive import BackendDataListener, PassiveListener, same_host
-from .ports import PortAllocator
-from .relay import DataChannel, Outcome
-from .splice import splice_supported
-from .tlsconfig import ReloadableServerTLS, ServerTLS
-from .xferlog import TransferRecord, XferLog
+from ftpsproxy.ftp.relayed import AddressMask, strip_controls
+from ftpsproxy.ftp.replies import Reply, make_reply
+from ftpsproxy.net.factories import PrebuiltFactory
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.observe.xferlog import TransferRecord, XferLog
+from ftpsproxy.settings.config import Config
+from ftpsproxy.tls.bulk import BulkTLSFactory
+from ftpsproxy.tls.server import ReloadableServerTLS, ServerTLS
 
 log = Logger()
 

@@ -46,14 +46,14 @@ from twisted.web.client import URI, Agent, HTTPConnectionPool, readBody
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from .config import Config, PortRange, build_config, load_toml, reload_config
-from .errors import ConfigError
-from .exposition import merge_expositions
-from .http import supervisor_site
-from .logs import JSONLineObserver
-from .metrics import SupervisorMetrics
-from .service import ProxyService, parse_endpoint
-from .signals import Signals
+from ftpsproxy.observe.exposition import merge_expositions
+from ftpsproxy.observe.http import supervisor_site
+from ftpsproxy.observe.logs import JSONLineObserver
+from ftpsproxy.observe.metrics import SupervisorMetrics
+from ftpsproxy.ops.service import ProxyService, parse_endpoint
+from ftpsproxy.ops.signals import Signals
+from ftpsproxy.settings.config import Config, PortRange, build_config, load_toml, reload_config
+from ftpsproxy.settings.errors import ConfigError
 
 log = Logger()
 
@@ -415,7 +415,7 @@ class WorkerSupervisor(MultiService):
             worker.process = self._reactor.spawnProcess(
                 _WorkerProtocol(self, worker),
                 self._executable,
-                [self._executable, "-m", "ftpsproxy.worker"],
+                [self._executable, "-m", "ftpsproxy.ops.worker_main"],
                 env=env,
                 childFDs=child_fds,
             )

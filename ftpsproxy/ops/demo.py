@@ -1,6 +1,6 @@
 """A self-contained demo: the proxy with a self-signed certificate in front of pyftpdlib.
 
-``python -m ftpsproxy.demo`` starts an embedded pyftpdlib backend on loopback,
+``python -m ftpsproxy.ops.demo`` starts an embedded pyftpdlib backend on loopback,
 then ``twistd -n ftpsproxy`` in front of it, prints the client command lines to
 try, and stops both on Ctrl-C.  Needs the ``demo`` extra (pyftpdlib).
 """

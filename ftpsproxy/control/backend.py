@@ -34,14 +34,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .backendtls import BackendSessionTLS, BackendTLSSettings
-from .bulktls import BulkTLSFactory
-from .closing import CloseDeadline
-from .config import BackendAddress
-from .factories import PrebuiltFactory
-from .ftp.errors import FTPSyntaxError
-from .ftp.replies import Reply, ReplyParser
-from .sockets import tune
+from ftpsproxy.ftp.errors import FTPSyntaxError
+from ftpsproxy.ftp.replies import Reply, ReplyParser
+from ftpsproxy.net.closing import CloseDeadline
+from ftpsproxy.net.factories import PrebuiltFactory
+from ftpsproxy.net.sockets import tune
+from ftpsproxy.settings.config import BackendAddress
+from ftpsproxy.tls.backend import BackendSessionTLS, BackendTLSSettings
+from ftpsproxy.tls.bulk import BulkTLSFactory
 
 log = Logger()
 

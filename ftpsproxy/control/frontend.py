@@ -28,12 +28,12 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .closing import CloseDeadline
-from .ftp.errors import LineTooLong
-from .ftp.lines import LineBuffer
-from .session import MAX_PIPELINED, ProxyContext, Session
-from .sockets import tune
-from .tlsconfig import certificate_names, failure_reason
+from ftpsproxy.control.session import MAX_PIPELINED, ProxyContext, Session
+from ftpsproxy.ftp.errors import LineTooLong
+from ftpsproxy.ftp.lines import LineBuffer
+from ftpsproxy.net.closing import CloseDeadline
+from ftpsproxy.net.sockets import tune
+from ftpsproxy.tls.server import certificate_names, failure_reason
 
 log = Logger()
 

@@ -14,8 +14,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .backend import BackendConnector
-from .metrics import Metrics
+from ftpsproxy.control.backend import BackendConnector
+from ftpsproxy.observe.metrics import Metrics
 
 log = Logger()
 

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
-from .ports import default_share
+from ftpsproxy.settings.errors import ConfigError
 
 _DEFAULT_PORTS = {"ftp": 21, "ftpes": 21, "ftps": 990}
 
@@ -48,6 +47,11 @@ def parse_backend_url(text: str) -> BackendAddress:
     if parts.path not in ("", "/") or parts.query or parts.username:
         raise ConfigError(f"backend: {text!r}: only scheme://host:port is allowed")
     return BackendAddress(parts.scheme, parts.hostname, port)
+
+
+def default_share(capacity: int) -> int:
+    """Ports one owner may hold when none is configured: a tenth of the range, at least 2."""
+    return max(2, capacity // 10)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
-"""One worker process of ``--workers N`` (``python -m ftpsproxy.worker``), started by the master.
+"""One worker process of ``--workers N`` (``python -m ftpsproxy.ops.worker_main``).
+
+Started by the master (``ftpsproxy.ops.supervisor``).
 
 It runs an ordinary ``ProxyService`` on the listening sockets the master bound and
 passed down (descriptors 3, 4, …, adopted, so the kernel spreads new connections
@@ -32,9 +34,9 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from .errors import ConfigError
-from .service import ProxyService
-from .workers import SPEC_ENV, WorkerSpec
+from ftpsproxy.ops.service import ProxyService
+from ftpsproxy.ops.supervisor import SPEC_ENV, WorkerSpec
+from ftpsproxy.settings.errors import ConfigError
 
 log = Logger()
 

@@ -17,7 +17,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import ConfigError
+from ftpsproxy.settings.errors import ConfigError
 
 _VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 _SESSION_ID_CONTEXT = b"ftpsproxy"

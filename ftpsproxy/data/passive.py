@@ -4,7 +4,7 @@ A listener accepts only connections from the session's client address; others
 are closed at once and counted.  It stops listening after the first accepted
 connection, and gives its port back to the allocator on every path.  Ports are
 held in the client address's name, so one address gets no more than its share
-of the range (see :mod:`ftpsproxy.ports`).
+of the range (see :mod:`ftpsproxy.data.ports`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 
-from .bulktls import BulkTLSFactory
-from .factories import PrebuiltFactory
-from .metrics import Metrics
-from .ports import PortAllocator, Refusal
-from .tlsconfig import ServerTLS
+from ftpsproxy.data.ports import PortAllocator, Refusal
+from ftpsproxy.net.factories import PrebuiltFactory
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.tls.bulk import BulkTLSFactory
+from ftpsproxy.tls.server import ServerTLS
 
 log = Logger()
 

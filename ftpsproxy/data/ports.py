@@ -15,17 +15,14 @@ from __future__ import annotations
 import enum
 from collections import deque
 
+from ftpsproxy.settings.config import default_share
+
 
 class Refusal(enum.Enum):
     """Why :meth:`PortAllocator.acquire` gave no port."""
 
     EXHAUSTED = "exhausted"  # every port of the range is in use
     SHARE = "per_ip_share"  # the owner already holds its share
-
-
-def default_share(capacity: int) -> int:
-    """Ports one owner may hold when none is configured: a tenth of the range, at least 2."""
-    return max(2, capacity // 10)
 
 
 class PortAllocator:

@@ -11,20 +11,20 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 
-from .backend import BackendConnector
-from .backendtls import BackendTLSSettings
-from .config import Config, ConfigChange, reload_config
-from .errors import ConfigError
-from .frontend import frontend_factory
-from .health import BackendHealth
-from .http import metrics_site
-from .logs import JSONLineObserver
-from .metrics import Metrics
-from .ports import PortAllocator
-from .session import ProxyContext
-from .signals import Signals
-from .tlsconfig import ReloadableServerTLS, ServerTLS, load_server_tls
-from .xferlog import XferLog
+from ftpsproxy.control.backend import BackendConnector
+from ftpsproxy.control.frontend import frontend_factory
+from ftpsproxy.control.health import BackendHealth
+from ftpsproxy.control.session import ProxyContext
+from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.observe.http import metrics_site
+from ftpsproxy.observe.logs import JSONLineObserver
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.observe.xferlog import XferLog
+from ftpsproxy.ops.signals import Signals
+from ftpsproxy.settings.config import Config, ConfigChange, reload_config
+from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.tls.backend import BackendTLSSettings
+from ftpsproxy.tls.server import ReloadableServerTLS, ServerTLS, load_server_tls
 
 log = Logger()
 
@@ -51,7 +51,7 @@ class ProxyService(MultiService):
         self.config = config
         self._reread_config = reread_config  # SIGHUP: the file and command line, again
         # (option, description) -> an endpoint to use instead of parsing the description:
-        # a worker's listeners are sockets the master bound (ftpsproxy.worker).
+        # a worker's listeners are sockets the master bound (ftpsproxy.ops.worker_main).
         self._endpoints = dict(endpoints or {})
         server_tls = None
         if config.tls_enabled:

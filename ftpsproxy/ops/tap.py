@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from . import __version__
-from .config import Config, build_config, load_toml
-from .errors import ConfigError
+from ftpsproxy import __version__
+from ftpsproxy.settings.config import Config, build_config, load_toml
+from ftpsproxy.settings.errors import ConfigError
 
 
 class Options(usage.Options):
@@ -215,8 +215,8 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from .service import ProxyService
-    from .workers import WorkerSupervisor
+    from ftpsproxy.ops.service import ProxyService
+    from ftpsproxy.ops.supervisor import WorkerSupervisor
 
     config = options.config
     try:

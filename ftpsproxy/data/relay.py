@@ -7,7 +7,7 @@ The channel reports its end once *both* connections are closed, which is when
 the session may pass the backend's final reply on to the client.
 
 When neither side is TLS the bytes need not pass through Python at all: a
-:class:`~ftpsproxy.splice.SplicePump` moves them in the kernel, and the channel
+:class:`~ftpsproxy.data.splice.SplicePump` moves them in the kernel, and the channel
 only sees byte counts and the pump's end.
 """
 
@@ -26,13 +26,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .backendtls import session_reused
-from .closing import CloseDeadline
-from .ftp.policy import Direction
-from .metrics import Metrics
-from .sockets import tune
-from .splice import SpliceError, SplicePump, spliceable
-from .tlsconfig import failure_reason
+from ftpsproxy.data.splice import SpliceError, SplicePump, spliceable
+from ftpsproxy.ftp.policy import Direction
+from ftpsproxy.net.closing import CloseDeadline
+from ftpsproxy.net.sockets import tune
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.tls.backend import session_reused
+from ftpsproxy.tls.server import failure_reason
 
 log = Logger()
 

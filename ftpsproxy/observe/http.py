@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .metrics import Metrics
+from ftpsproxy.observe.metrics import Metrics
 
 log = Logger()
 
