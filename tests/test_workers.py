@@ -215,7 +215,7 @@ def test_json_logs_keep_the_worker_of_an_event() -> None:
             "log_format": "session {session} start",
             "session": 3,
             "worker": 1,
-            "log_namespace": "ftpsproxy.control.session",
+            "log_namespace": "ftpsproxy.session",
             "log_time": 0.0,
         }
     )
@@ -427,7 +427,7 @@ def test_json_logs_carry_the_worker_and_workers_do_not_outlive_a_killed_master(
     records = [json.loads(line) for line in proxy.log_text().splitlines() if line.strip()]
     starts = [r for r in records if r["event"].startswith("session ") and " start " in r["event"]]
     assert len(starts) == 4 and all(r["worker"] in (0, 1) for r in starts)
-    assert all(r["namespace"] == "ftpsproxy.control.session" and "session" in r for r in starts)
+    assert all(r["namespace"] == "ftpsproxy.session" and "session" in r for r in starts)
 
     workers = [pid for pid, _ in _workers(proxy).values()]
     os.kill(proxy.pid, signal.SIGKILL)

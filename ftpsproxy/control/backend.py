@@ -11,6 +11,7 @@ import enum
 import ipaddress
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
@@ -72,6 +73,32 @@ class BackendSetupError(Exception):
 
 class BackendTLSError(BackendSetupError):
     """The TLS handshake with the backend failed (verification or protocol)."""
+
+
+class BackendLink(TypingProtocol):
+    """What the session needs from the backend control connection."""
+
+    tls: BackendSessionTLS | None
+    protect_data: bool
+    tls_version: str | None
+    on_lost: Callable[[BackendLoss, str], None]
+    on_unsolicited: Callable[[Reply], None]
+
+    @property
+    def peer_host(self) -> str: ...
+
+    @property
+    def local_host(self) -> str: ...
+
+    def watch_replies(self, clock: IReactorTime, timeout: float, close_timeout: float) -> None: ...
+
+    def request(self, line: bytes, handler: ReplyHandler) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @implementer(IHandshakeListener)
@@ -355,7 +382,7 @@ class BackendConnector:
         why = f"no ready backend session within {self.timeout:g}s"
         control._fail(BackendSetupError(why, kind="timeout"))
 
-    def data(self, control: BackendControl, port: int, protocol: Protocol) -> Deferred[Protocol]:
+    def data(self, control: BackendLink, port: int, protocol: Protocol) -> Deferred[Protocol]:
         """Connect *protocol* to a backend data port, at the control connection's peer.
 
         With ``PROT P`` the data connection resumes the control connection's TLS session.

@@ -28,7 +28,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpsproxy.control.session import MAX_PIPELINED, ProxyContext, Session
+from ftpsproxy.control.context import ProxyContext
+from ftpsproxy.control.session import MAX_PIPELINED, Session
 from ftpsproxy.ftp.errors import LineTooLong
 from ftpsproxy.ftp.lines import LineBuffer
 from ftpsproxy.net.closing import CloseDeadline

@@ -14,7 +14,6 @@ only sees byte counts and the pump's end.
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -268,12 +267,13 @@ class DataChannel:
 
     # -- events from the session ------------------------------------------------------------
 
-    def begin(self, direction: Direction) -> None:
-        """The transfer command went to the backend: bytes may now flow in *direction*."""
+    def begin(self, direction: Direction, now: float) -> None:
+        """The transfer command went to the backend (at *now*, the reactor's time): bytes
+        may now flow in *direction*."""
         if self.finished or self.direction is not None:
             return
         self.direction = direction
-        self.started_at = time.time()
+        self.started_at = now
         self._bytes_counter = self._metrics.bytes_total.labels(direction=direction.value)
         self._metrics.transfers_active.inc()
         self._try_start()

@@ -12,9 +12,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import ILogObserver, Logger
 
 from ftpsproxy.control.backend import BackendConnector
+from ftpsproxy.control.context import ProxyContext
 from ftpsproxy.control.frontend import frontend_factory
 from ftpsproxy.control.health import BackendHealth
-from ftpsproxy.control.session import ProxyContext
 from ftpsproxy.data.ports import PortAllocator
 from ftpsproxy.observe.http import metrics_site
 from ftpsproxy.observe.logs import JSONLineObserver
