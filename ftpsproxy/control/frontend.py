@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ftpsproxy.control.context import ProxyContext
-from ftpsproxy.control.session import MAX_PIPELINED, Session
+from ftpsproxy.control.queue import MAX_PIPELINED
+from ftpsproxy.control.session import Session
 from ftpsproxy.ftp.errors import LineTooLong
 from ftpsproxy.ftp.lines import LineBuffer
 from ftpsproxy.net.closing import CloseDeadline

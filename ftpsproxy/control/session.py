@@ -16,9 +16,7 @@ command queue, the timers, and both control links.  What it reports goes to one
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
-from collections import deque
 
 from twisted.internet.interfaces import IDelayedCall
 
@@ -28,16 +26,16 @@ from ftpsproxy.control.data_connections import DataConnections
 from ftpsproxy.control.links import ClientLink
 from ftpsproxy.control.local import LocalCommands
 from ftpsproxy.control.login import Login
+from ftpsproxy.control.queue import CommandQueue
 from ftpsproxy.control.states import InvalidTransition, State, check_transition
 from ftpsproxy.ftp.errors import FTPSyntaxError
 from ftpsproxy.ftp.lines import Command, parse_command
 from ftpsproxy.ftp.policy import REFUSALS, Handling, classify, refuses_mode, verb_label
-from ftpsproxy.ftp.relayed import AddressMask, strip_controls
+from ftpsproxy.ftp.relayed import AddressMask, client_view, strip_controls
 from ftpsproxy.ftp.replies import Reply, make_reply
 from ftpsproxy.observe.session_events import SessionFacts
 from ftpsproxy.tls.server import ServerTLS
 
-MAX_PIPELINED = 64
 _session_ids = itertools.count(1)
 
 # The 421 that ends a session when the backend connection ends: the class, no detail.
@@ -67,10 +65,7 @@ class Session:
         self.backend: BackendLink | None = None
         self.protect_data = False
         self.binary = False  # TYPE A until the client says TYPE I (RFC 959 §3.1.1.1)
-        self._queue: deque[bytes] = deque()  # what the client pipelined meanwhile
-        self._busy = False  # a command is waiting for its final reply
-        self._running_queue = False
-        self._output_blocked = False  # the client is not reading our replies
+        self._queue = CommandQueue(self._execute)
         self._service_draining = False
         self._mask: AddressMask | None = None  # set once the backend is connected
         self._started = context.reactor.seconds()
@@ -111,8 +106,8 @@ class Session:
         self.close(421, "Login timeout.")
 
     def _idle_timed_out(self) -> None:
-        working = self._busy or self.state is State.TRANSFERRING
-        if working and not self._output_blocked:
+        working = self._queue.busy or self.state is State.TRANSFERRING
+        if working and not self._queue.blocked:
             # A transfer, or a command the backend is working on, is not idleness.
             self._idle_timer = self.context.reactor.callLater(
                 self.config.idle_timeout, self._idle_timed_out
@@ -124,7 +119,7 @@ class Session:
     def drain(self) -> None:
         """The proxy is stopping: end now if idle, else right after the running command."""
         self._service_draining = True
-        if not self._busy and self.state is not State.TRANSFERRING:
+        if not self._queue.busy and self.state is not State.TRANSFERRING:
             self.close(421, "Service shutting down.")
 
     def force_close(self) -> None:
@@ -144,6 +139,7 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.goto(State.CLOSED)
+        self._queue.stopped = True
         for timer in (self._login_timer, self._idle_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -182,14 +178,12 @@ class Session:
             if verb == "STAT":
                 self.data.status()
                 return
-        if self._busy:
-            if len(self._queue) >= MAX_PIPELINED:
+        if self._queue.busy:
+            if not self._queue.add(line):
                 self.too_many_pipelined()
-                return
-            self._queue.append(line)
             return
         self._execute(line)
-        self._run_queue()
+        self._queue.run()
 
     def client_line_too_long(self) -> None:
         self.close(500, "Command line too long.")
@@ -202,41 +196,26 @@ class Session:
 
         Queued commands wait, and so do the backend's replies (its connection is not read).
         """
-        self._output_blocked = True
+        self._queue.blocked = True
         if self.backend is not None:
             self.backend.pause_reading()
 
     def client_output_unblocked(self) -> None:
-        self._output_blocked = False
+        self._queue.blocked = False
         if self.backend is not None:
             self.backend.resume_reading()
-        self._run_queue()
-
-    def _run_queue(self) -> None:
-        if self._running_queue:
-            return
-        self._running_queue = True
-        try:
-            while (
-                self._queue
-                and not self._busy
-                and not self._output_blocked
-                and self.state is not State.CLOSED
-            ):
-                self._execute(self._queue.popleft())
-        finally:
-            self._running_queue = False
+        self._queue.run()
 
     def done(self) -> None:
         """The command in flight has its final reply: run what the client pipelined."""
-        self._busy = False
+        self._queue.busy = False
         if self._service_draining and self.state is not State.TRANSFERRING:
             self.close(421, "Service shutting down.")
             return
-        self._run_queue()
+        self._queue.run()
 
     def hold(self) -> None:
-        self._busy = True
+        self._queue.busy = True
 
     def _execute(self, line: bytes) -> None:
         if self.state in (State.CONNECTING, State.TRANSFERRING, State.CLOSED):
@@ -302,24 +281,21 @@ class Session:
 
     def attach_backend(self, backend: BackendLink) -> None:
         self.backend = backend
-        self._mask = self._inside_addresses(backend)
+        self._mask = client_view(
+            backend_address=backend.peer_host,
+            backend_name=self.config.backend.host,
+            proxy_inside=backend.local_host,
+            proxy_outside=self.config.public_address or self.client.local_host,
+            client=self.client.peer_host,
+        )
         backend.watch_replies(
             self.context.reactor, self.config.backend_reply_timeout, self.config.close_timeout
         )
         backend.on_lost = self._backend_lost
         backend.on_unsolicited = self._backend_unsolicited
-        if self._output_blocked:
+        if self._queue.blocked:
             backend.pause_reading()
-        self._busy = False
-
-    def _inside_addresses(self, backend: BackendLink) -> AddressMask:
-        """The backend's address (and name) read as the proxy's, the proxy's own address on
-        the backend's network as the client's: what the client sees of the same link."""
-        proxy = self.config.public_address or self.client.local_host
-        inside = {backend.peer_host: proxy, backend.local_host: self.client.peer_host}
-        if not _is_ip(self.config.backend.host):
-            inside[self.config.backend.host] = proxy
-        return AddressMask(inside)
+        self._queue.busy = False
 
     def relay(self, command: Command, on_final: ReplyHandler | None = None) -> None:
         """Send *command* to the backend and pass every reply back; then run *on_final*."""
@@ -338,7 +314,7 @@ class Session:
         if self.backend is None:
             self.reply(503, "Login with USER first.")
             return
-        self._busy = True
+        self._queue.busy = True
         self.backend.request(line, handler)
 
     def _backend_lost(self, kind: BackendLoss, why: str) -> None:
@@ -373,11 +349,3 @@ def _verb_of(line: bytes) -> str | None:
         return parse_command(line).verb
     except FTPSyntaxError:
         return None
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
