@@ -27,7 +27,7 @@ from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from ftpsproxy import splice
+from ftpsproxy.data import splice
 from ftpsproxy.data.splice import SpliceError, SplicePump, splice_supported
 
 pytestmark = pytest.mark.skipif(not splice_supported(), reason="splice(2) not available")
