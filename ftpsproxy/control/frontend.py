@@ -17,7 +17,6 @@ from __future__ import annotations
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
-    IDelayedCall,
     IHandshakeListener,
     IProtocolFactory,
     IPushProducer,
@@ -35,7 +34,8 @@ from ftpsproxy.ftp.errors import LineTooLong
 from ftpsproxy.ftp.lines import LineBuffer
 from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.sockets import tune
-from ftpsproxy.tls.server import certificate_names, failure_reason
+from ftpsproxy.tls.handshake import HandshakeWatch
+from ftpsproxy.tls.server import certificate_names
 
 log = Logger()
 
@@ -59,8 +59,14 @@ class FrontendProtocol(Protocol):
         self.local_host = ""
         self.session: Session | None = None
         self.certificate_names: list[str] | None = None  # None: no client certificate
-        self._handshake_timer: IDelayedCall | None = None
-        self._failure_counted = False
+        self._handshake = HandshakeWatch(
+            context.reactor,
+            context.config.tls_handshake_timeout,
+            context.metrics,
+            side="client",
+            channel="control",
+            on_timeout=self._handshake_timed_out,
+        )
         self._closing = CloseDeadline(context.reactor, context.config.close_timeout)
 
     def connectionMade(self) -> None:
@@ -70,7 +76,7 @@ class FrontendProtocol(Protocol):
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._producing = True
         if self._tls_started:
-            self._start_handshake_timer()
+            self._handshake.start()
         refusal = self._context.admission_refusal(self.peer_host)
         if refusal is not None:
             reason, text = refusal
@@ -83,25 +89,12 @@ class FrontendProtocol(Protocol):
         self.session = Session(self._context, self, listener=self._listener, mode=mode)
         self.session.start()
 
-    def _start_handshake_timer(self) -> None:
-        reactor = self._context.reactor
-        self._handshake_timer = reactor.callLater(
-            self._context.config.tls_handshake_timeout, self._handshake_timed_out
-        )
-
     def _handshake_timed_out(self) -> None:
-        self._handshake_timer = None
-        self._context.metrics.tls_handshake_failures.labels(
-            side="client", channel="control", reason="timeout"
-        ).inc()
-        self._failure_counted = True
         log.info("TLS handshake with {client} timed out", client=self.peer_host)
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def handshakeCompleted(self) -> None:
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        self._handshake.done()
         self.tls_active = True
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         self._context.metrics.tls_handshakes.labels(
@@ -179,12 +172,7 @@ class FrontendProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._closing.cancel()
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        if self._tls_started and not self.tls_active and not self._failure_counted:
-            self._context.metrics.tls_handshake_failures.labels(
-                side="client", channel="control", reason=failure_reason(reason)
-            ).inc()
+        self._handshake.connection_lost(reason)
         if self.session is not None:
             self.session.client_lost()
 
@@ -206,7 +194,7 @@ class FrontendProtocol(Protocol):
                 client=self.peer_host,
             )
         self._tls_started = True
-        self._start_handshake_timer()
+        self._handshake.start()
         self.transport.startTLS(self.session.server_tls)  # type: ignore[union-attr]
 
     def close(self) -> None:
