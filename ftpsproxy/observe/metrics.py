@@ -14,7 +14,6 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-FRONTEND_MODES = ("plain", "explicit", "implicit")
 DIRECTIONS = ("upload", "download", "listing")
 
 

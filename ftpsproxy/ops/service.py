@@ -6,10 +6,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import ILogObserver, Logger
+from twisted.logger import Logger
 
 from ftpsproxy.control.backend import BackendConnector
 from ftpsproxy.control.context import ProxyContext
@@ -17,12 +16,12 @@ from ftpsproxy.control.frontend import frontend_factory
 from ftpsproxy.control.health import BackendHealth
 from ftpsproxy.data.ports import PortAllocator
 from ftpsproxy.observe.http import metrics_site
-from ftpsproxy.observe.logs import JSONLineObserver
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.observe.xferlog import XferLog
-from ftpsproxy.ops.signals import Signals
-from ftpsproxy.settings.config import Config, ConfigChange, reload_config
+from ftpsproxy.ops.process import ProcessService
+from ftpsproxy.settings.config import Config, ConfigChange
 from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.values import DataProtection
 from ftpsproxy.tls.backend import BackendTLSSettings
 from ftpsproxy.tls.server import ReloadableServerTLS, ServerTLS, load_server_tls
 
@@ -37,7 +36,7 @@ def parse_endpoint(reactor: Any, option: str, description: str) -> Any:
         raise ConfigError(f"{option}: {description!r} is not an endpoint: {error}") from error
 
 
-class ProxyService(MultiService):
+class ProxyService(ProcessService):
     """Owns the listeners; ``context`` is what every session shares."""
 
     def __init__(
@@ -47,9 +46,7 @@ class ProxyService(MultiService):
         reread_config: Callable[[], Config] | None = None,
         endpoints: Mapping[tuple[str, str], Any] | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self._reread_config = reread_config  # SIGHUP: the file and command line, again
+        super().__init__(config, reactor, reread_config)
         # (option, description) -> an endpoint to use instead of parsing the description:
         # a worker's listeners are sockets the master bound (ftpsproxy.ops.worker_main).
         self._endpoints = dict(endpoints or {})
@@ -83,12 +80,10 @@ class ProxyService(MultiService):
                 config.backend,
                 config.backend_connect_timeout,
                 backend_tls,
-                protect_data=config.backend_data_protection == "private",
+                protect_data=config.backend_data_protection == DataProtection.PRIVATE,
             ),
         )
         self._listeners: list[StreamServerEndpointService] = []
-        self._signals = Signals(reactor, self.reload, self._terminate)
-        self._terminating = False
         for description in config.listen:
             self._add_listener(reactor, description, implicit=False)
         for description in config.listen_implicit:
@@ -124,28 +119,13 @@ class ProxyService(MultiService):
         """
         if self.context.xferlog is not None:
             self.context.xferlog.reopen()  # after rotation by logrotate
-        if self._reread_config is not None:
-            try:
-                fresh = self._reread_config()
-            except ConfigError as error:
-                log.error("SIGHUP: configuration not reloaded: {error}", error=error)
-            else:
-                self._apply(reload_config(self.config, fresh))
+        change = self._reload_config()
+        if change is not None:
+            self._apply(change)
         self.reload_tls()
 
     def _apply(self, change: ConfigChange) -> None:
-        for name, (old, new) in sorted(change.applied.items()):
-            log.info("SIGHUP: {name} changed from {old} to {new}", name=name, old=old, new=new)
-        for name, (old, new) in sorted(change.needs_restart.items()):
-            log.warn(
-                "SIGHUP: {name} changed from {old} to {new}: takes effect after a restart",
-                name=name,
-                old=old,
-                new=new,
-            )
-        if not change.applied and not change.needs_restart:
-            log.info("SIGHUP: configuration unchanged")
-        self.config = change.config
+        """Hand the new values to what the sessions share."""
         self.context.config = change.config
         guard = self.context.login_guard
         guard.max_failures = change.config.max_login_failures
@@ -168,23 +148,12 @@ class ProxyService(MultiService):
     def startService(self) -> None:
         super().startService()
         reactor = self.context.reactor
-        self._signals.install()
         reactor.callWhenRunning(self.health.start, reactor)
-
-    def _terminate(self) -> None:
-        if self._terminating:
-            log.info("SIGTERM again: still draining")
-            return
-        self._terminating = True
-        log.info("SIGTERM: draining sessions for up to {s}s", s=self.config.drain_timeout)
-        self.context.reactor.stop()
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, let running commands and transfers finish, then close the rest."""
-        self._signals.stop_reloading()
         self.health.stop()
-        stopped: Deferred[None] = maybeDeferred(super().stopService)
-        return stopped.addCallback(lambda _: self._drain())
+        return super().stopService().addCallback(lambda _: self._drain())
 
     def _drain(self) -> Deferred[None]:
         sessions = self.context.open_sessions
@@ -225,12 +194,6 @@ class ProxyService(MultiService):
         service._raiseSynchronously = True
         service.setServiceParent(self)
         return service
-
-    def setServiceParent(self, parent: Any) -> None:
-        """With ``--log-format json``, hand twistd our observer (it starts logging later)."""
-        super().setServiceParent(parent)
-        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, JSONLineObserver())
 
     def _ready_problem(self) -> str | None:
         if self.health.up is False:

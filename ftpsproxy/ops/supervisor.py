@@ -10,6 +10,7 @@ The master starts a worker again when one dies (with a growing delay while it
 keeps dying), forwards SIGHUP, turns SIGTERM into a drain of every worker, re-emits
 the workers' log events with a ``worker`` field, and serves the workers' metrics
 as one page, each sample labelled ``worker="i"`` (``exposition.merge_expositions``).
+What it tells each worker is in ``ftpsproxy.ops.workerspec``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ from typing import Any, TextIO
 
 from prometheus_client.exposition import generate_latest
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
@@ -50,19 +50,23 @@ from ftpsproxy.observe.exposition import merge_expositions
 from ftpsproxy.observe.http import supervisor_site
 from ftpsproxy.observe.logs import JSONLineObserver
 from ftpsproxy.observe.metrics import SupervisorMetrics
+from ftpsproxy.ops.process import ProcessService
 from ftpsproxy.ops.service import ProxyService, parse_endpoint
-from ftpsproxy.ops.signals import Signals
-from ftpsproxy.settings.config import Config, PortRange, build_config, load_toml, reload_config
+from ftpsproxy.ops.workerspec import (
+    FIRST_LISTENER_FD,
+    MASTER_KEYS,
+    SPEC_ENV,
+    WorkerSpec,
+    split_passive_ports,
+    worker_cli,
+)
+from ftpsproxy.settings.config import Config, PortRange
 from ftpsproxy.settings.errors import ConfigError
 
 log = Logger()
 
-#: The environment variable that carries a worker's ``WorkerSpec`` (JSON).
-SPEC_ENV = "FTPSPROXY_WORKER_SPEC"
-#: Options the master decides for each worker, whatever the file or command line say.
-MASTER_KEYS = frozenset({"workers", "passive-ports", "metrics"})
-#: The first descriptor number of the inherited listening sockets in a worker.
-FIRST_LISTENER_FD = 3
+#: The fields of ``MASTER_KEYS``: on SIGHUP the master logs their changes, the workers the rest.
+_MASTER_FIELDS = frozenset(key.replace("-", "_") for key in MASTER_KEYS)
 SCRAPE_TIMEOUT = 2.0  # seconds a worker gets to answer the master's /metrics or /readyz
 KILL_MARGIN = 5.0  # seconds past --drain-timeout before a worker that has not exited is killed
 RESPAWN_DELAY = 0.5  # seconds before a dead worker is started again, doubled while it keeps dying
@@ -71,80 +75,10 @@ STABLE_AFTER = 30.0  # seconds a worker must have run for its death not to count
 MAX_LOG_LINE = 1024 * 1024
 
 
-def split_passive_ports(ports: PortRange, count: int) -> list[PortRange]:
-    """*count* contiguous, disjoint slices covering *ports*, sizes differing by one at most."""
-    if not 1 <= count <= ports.size:
-        raise ValueError(f"cannot split {ports.size} passive ports between {count} workers")
-    size, extra = divmod(ports.size, count)
-    slices: list[PortRange] = []
-    low = ports.low
-    for index in range(count):
-        high = low + size - 1 + (1 if index < extra else 0)
-        slices.append(PortRange(low, high))
-        low = high + 1
-    return slices
-
-
 def respawn_delay(quick_failures: int) -> float:
     """Seconds to wait before starting a worker that died after *quick_failures* short runs."""
     doublings = min(max(quick_failures - 1, 0), 16)
     return min(RESPAWN_DELAY_MAX, RESPAWN_DELAY * 2.0**doublings)
-
-
-def worker_cli(cli: Mapping[str, Any], ports: PortRange, metrics: str | None) -> dict[str, Any]:
-    """The command-line values one worker runs with: one process, its port slice, its metrics."""
-    values = {key: value for key, value in cli.items() if key not in MASTER_KEYS}
-    values["workers"] = 1
-    values["passive-ports"] = f"{ports.low}-{ports.high}"
-    if metrics is not None:
-        values["metrics"] = metrics
-    return values
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """What the master tells a worker: its number, how to read its configuration, its sockets.
-
-    The worker builds its ``Config`` with ``build_config`` from the same file and
-    command-line values as the master (validated the same way), the master's keys
-    replaced; it reads the file again on SIGHUP, as a single process does.
-    """
-
-    index: int
-    config_file: str | None
-    cli: dict[str, Any]
-    listeners: tuple[tuple[str, str, int], ...]  # (option, endpoint description, fd)
-    runtime_dir: str | None = None  # the master's private directory (metrics sockets)
-
-    def read_config(self) -> Config:
-        file_values = load_toml(Path(self.config_file)) if self.config_file else {}
-        kept = {key: value for key, value in file_values.items() if key not in MASTER_KEYS}
-        return build_config(kept, self.cli)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "index": self.index,
-                "config_file": self.config_file,
-                "cli": self.cli,
-                "listeners": [list(listener) for listener in self.listeners],
-                "runtime_dir": self.runtime_dir,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> WorkerSpec:
-        data = json.loads(text)
-        return cls(
-            index=int(data["index"]),
-            config_file=data["config_file"],
-            cli=dict(data["cli"]),
-            listeners=tuple(
-                (str(option), str(description), int(fd))
-                for option, description, fd in data["listeners"]
-            ),
-            runtime_dir=data.get("runtime_dir"),
-        )
 
 
 class _Lines:
@@ -276,8 +210,10 @@ def _unix_endpoint(path: Path) -> str:
     return f"unix:{escaped}:mode=600:lockfile=0"
 
 
-class WorkerSupervisor(MultiService):
+class WorkerSupervisor(ProcessService):
     """The master of ``--workers N``: listeners, worker processes, signals, one metrics site."""
+
+    terminate_message = "SIGTERM: stopping the workers; their sessions drain for up to {s}s"
 
     def __init__(
         self,
@@ -288,12 +224,9 @@ class WorkerSupervisor(MultiService):
         reread_config: Callable[[], Config] | None = None,
         executable: str = sys.executable,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self._reactor = reactor
+        super().__init__(config, reactor, reread_config)
         self._cli = dict(cli)
         self._config_file = str(Path(config_file).absolute()) if config_file else None
-        self._reread_config = reread_config
         self._executable = executable
         self.metrics = SupervisorMetrics()
         self.workers = [
@@ -313,8 +246,6 @@ class WorkerSupervisor(MultiService):
         self._ports: list[Any] = []  # the bound listeners, in the order of _endpoints
         self._runtime_dir: Path | None = None
         self._stopping = False
-        self._terminating = False
-        self._signals = Signals(reactor, self.reload, self._terminate)
         self._check_worker_config()
         # Persistent: one connection per worker for all scrapes, not a new one (logged) each.
         self._pool = HTTPConnectionPool(reactor, persistent=True)
@@ -387,15 +318,11 @@ class WorkerSupervisor(MultiService):
             self._runtime_dir = _private_dir()
             for worker in self.workers:
                 worker.metrics_path = self._runtime_dir / f"worker-{worker.index}.sock"
-        self._signals.install()
         for worker in self.workers:
             reactor.callWhenRunning(self._spawn, worker)
 
-    def setServiceParent(self, parent: Any) -> None:
-        """With ``--log-format json``, hand twistd our observer (it starts logging later)."""
-        super().setServiceParent(parent)
-        if self.config.log_format == "json" and hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, WorkerJSONLineObserver())
+    def _json_log_observer(self) -> ILogObserver:
+        return WorkerJSONLineObserver()
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -500,23 +427,8 @@ class WorkerSupervisor(MultiService):
 
     def reload(self) -> None:
         """SIGHUP: each worker reloads itself; the master re-reads what it uses."""
-        if self._reread_config is not None:
-            try:
-                change = reload_config(self.config, self._reread_config())
-            except ConfigError:
-                pass  # each worker logs why
-            else:
-                for name in ("workers", "passive_ports", "metrics"):
-                    if name in change.needs_restart:
-                        old, new = change.needs_restart[name]
-                        log.warn(
-                            "SIGHUP: {name} changed from {old} to {new}: takes effect after "
-                            "a restart",
-                            name=name,
-                            old=old,
-                            new=new,
-                        )
-                self.config = change.config
+        # Each worker logs its own changes, and why a file no longer parses.
+        self._reload_config(fields=_MASTER_FIELDS, log_errors=False)
         count = self._signal_workers("HUP")
         log.info("SIGHUP: passed on to {count} workers", count=count)
 
@@ -529,23 +441,11 @@ class WorkerSupervisor(MultiService):
                     count += 1
         return count
 
-    def _terminate(self) -> None:
-        if self._terminating:
-            log.info("SIGTERM again: still draining")
-            return
-        self._terminating = True
-        log.info(
-            "SIGTERM: stopping the workers; their sessions drain for up to {s}s",
-            s=self.config.drain_timeout,
-        )
-        self._reactor.stop()
-
     # -- stop --------------------------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
         """Close the listeners here, SIGTERM every worker, wait for them (SIGKILL if late)."""
         self._stopping = True
-        self._signals.stop_reloading()
         for worker in self.workers:
             if worker.respawn is not None and worker.respawn.active():
                 worker.respawn.cancel()
@@ -556,7 +456,7 @@ class WorkerSupervisor(MultiService):
             port.stopListening()
         self._ports = []
         self._pool.closeCachedConnections()
-        stopped: Deferred[None] = maybeDeferred(super().stopService)
+        stopped = super().stopService()
         stopped.addCallback(lambda _: self._stop_workers())
         return stopped.addBoth(self._remove_runtime_dir)
 

@@ -35,7 +35,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from ftpsproxy.ops.service import ProxyService
-from ftpsproxy.ops.supervisor import SPEC_ENV, WorkerSpec
+from ftpsproxy.ops.workerspec import SPEC_ENV, WorkerSpec
 from ftpsproxy.settings.errors import ConfigError
 
 log = Logger()

@@ -25,8 +25,9 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.values import TLSVersion
 
-_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+_VERSIONS = {TLSVersion.V1_2: SSL.TLS1_2_VERSION, TLSVersion.V1_3: SSL.TLS1_3_VERSION}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +39,8 @@ class BackendTLSSettings:
     insecure: bool = False  # no verification at all (logged at start-up)
     client_certificate: Path | None = None
     client_key: Path | None = None
-    minimum_version: str = "1.2"
-    maximum_version: str | None = None  # cap, for servers that fail TLS 1.3 resumption
+    minimum_version: TLSVersion = TLSVersion.V1_2
+    maximum_version: TLSVersion | None = None  # cap, for servers that fail TLS 1.3 resumption
 
     def validate(self) -> None:
         """Fail at start-up, naming the file, rather than on the first session."""

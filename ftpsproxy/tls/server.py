@@ -18,8 +18,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.values import ClientCertificates, TLSVersion
 
-_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+_VERSIONS = {TLSVersion.V1_2: SSL.TLS1_2_VERSION, TLSVersion.V1_3: SSL.TLS1_3_VERSION}
 _SESSION_ID_CONTEXT = b"ftpsproxy"
 #: TLS 1.2 suites offered unless --tls-ciphers says otherwise: forward secrecy (ECDHE)
 #: and AEAD only, Mozilla's "intermediate" profile without its DHE suites (slower than
@@ -100,10 +101,10 @@ def load_server_tls(
     certificate: Path,
     private_key: Path,
     *,
-    minimum_version: str = "1.2",
+    minimum_version: TLSVersion = TLSVersion.V1_2,
     ciphers: str | None = None,
     client_ca: Path | None = None,
-    client_certificate: str = "none",
+    client_certificate: ClientCertificates = ClientCertificates.NONE,
 ) -> ServerTLS:
     """Build the server context, failing with a one-line :class:`ConfigError` naming the file."""
     if minimum_version not in _VERSIONS:
@@ -139,7 +140,7 @@ def load_server_tls(
         ) from error
     context.set_session_id(_SESSION_ID_CONTEXT)
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-    if client_ca is not None and client_certificate != "none":
+    if client_ca is not None and client_certificate != ClientCertificates.NONE:
         _read(client_ca, "client CA")
         try:
             context.load_verify_locations(str(client_ca))
@@ -147,7 +148,7 @@ def load_server_tls(
         except SSL.Error as error:
             raise ConfigError(f"client-ca {client_ca}: unusable: {error}") from error
         mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
-        if client_certificate == "required":
+        if client_certificate == ClientCertificates.REQUIRED:
             mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
         context.set_verify(mode, _chain_ok)
     return ServerTLS(context, f"{certificate}")
