@@ -29,8 +29,9 @@ from ftpsproxy.data.splice import SpliceError, SplicePump, spliceable
 from ftpsproxy.ftp.policy import Direction
 from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.sockets import tune
+from ftpsproxy.net.timers import cancel_call
 from ftpsproxy.observe.metrics import Metrics
-from ftpsproxy.tls.backend import session_reused
+from ftpsproxy.tls.openssl_internals import session_reused
 from ftpsproxy.tls.server import failure_reason
 
 log = Logger()
@@ -99,8 +100,7 @@ class DataConnection(Protocol):
 
     def handshakeCompleted(self) -> None:
         self.awaiting_handshake = False
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
+        cancel_call(self._handshake_timer)
         self._handshake_timer = None
         self.channel._handshake_completed(self)
         if self._finish_after_handshake:
@@ -126,8 +126,7 @@ class DataConnection(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
         self._closing.cancel()
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
+        cancel_call(self._handshake_timer)
         self.ended = True
         self.end_reason = reason
         self.channel._side_lost(self)
@@ -471,17 +470,14 @@ class DataChannel:
         self._end(missing)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel_call(self._timer)
+        self._timer = None
 
     def _end(self, outcome: Outcome) -> None:
         self._stop_pump()
         self.outcome = outcome
         self._cancel_timer()
-        if self._stall_timer is not None and self._stall_timer.active():
-            self._stall_timer.cancel()
+        cancel_call(self._stall_timer)
         self._stall_timer = None
         if outcome is not Outcome.COMPLETE:
             self.client.stop_relaying()

@@ -34,6 +34,8 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ftpsproxy.net.twisted_internals import aborting, pending_output, take_pending_output
+
 __all__ = ["SpliceError", "SplicePump", "splice_supported", "spliceable"]
 
 Side = Literal["source", "sink", "pipe"]
@@ -98,40 +100,25 @@ def spliceable(transport: object) -> bool:
     )
 
 
-def _pending_output(conn: tcp.Connection) -> int:
-    """Bytes queued in Twisted's write buffer of *conn* and not yet sent."""
-    return len(conn.dataBuffer) - conn.offset + conn._tempDataLen
-
-
-def _take_pending_output(conn: tcp.Connection) -> bytes:
-    """Remove and return the bytes queued in Twisted's write buffer of *conn*."""
-    data = bytes(memoryview(conn.dataBuffer)[conn.offset :]) + b"".join(conn._tempDataBuffer)
-    conn.dataBuffer = b""
-    conn.offset = 0
-    conn._tempDataBuffer = []
-    conn._tempDataLen = 0
-    return data
-
-
 def _alive(conn: tcp.Connection) -> bool:
     """Connected, its socket still open, and neither aborted nor closing."""
     return (
         bool(conn.connected)
         and not conn.disconnected
-        and not getattr(conn, "_aborting", False)
+        and not aborting(conn)
         and conn.fileno() != -1
     )
 
 
 def _hand_back(conn: tcp.Connection, reading: bool) -> None:
     """Let Twisted drive *conn* again: reading if *reading*, writing what it has queued."""
-    if not conn.connected or conn.disconnected or getattr(conn, "_aborting", False):
+    if not conn.connected or conn.disconnected or aborting(conn):
         return
     if conn.fileno() == -1:
         return
     if reading and not conn.disconnecting:
         conn.startReading()
-    if conn.disconnecting or _pending_output(conn):
+    if conn.disconnecting or pending_output(conn):
         # Something wrote or closed it while we owned the fd: let Twisted finish that.
         conn.startWriting()
 
@@ -265,7 +252,7 @@ class SplicePump:
                 raise ValueError(f"{name} is not a plain TCP connection")
             if not _alive(conn) or conn.disconnecting:
                 raise ValueError(f"{name} is not open")
-        if _pending_output(self._source):
+        if pending_output(self._source):
             raise ValueError("source has output queued")
         if self._source.fileno() == self._sink.fileno():
             raise ValueError("source and sink are the same connection")
@@ -283,7 +270,7 @@ class SplicePump:
             raise
 
         self._sink_was_reading = self._sink in self._reactor.getReaders()
-        queued = _take_pending_output(self._sink)
+        queued = take_pending_output(self._sink)
         self._uncounted = len(queued)
         self._prefix = memoryview(queued + bytes(initial))
         for conn in (self._source, self._sink):

@@ -13,6 +13,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from ftpsproxy.net.timers import cancel_call
+
 
 class CloseDeadline:
     """``close()`` gracefully now, abort if the connection is still there after *timeout*."""
@@ -29,10 +31,6 @@ class CloseDeadline:
         self._timer: IDelayedCall | None = None
         self.expired = False
 
-    @property
-    def armed(self) -> bool:
-        return self._timer is not None
-
     def close(self, transport: Any) -> None:
         """Start a graceful close of *transport*, with the deadline armed (once)."""
         if self._timer is None and not self.expired:
@@ -48,7 +46,5 @@ class CloseDeadline:
 
     def cancel(self) -> None:
         """The connection is gone: call from ``connectionLost``."""
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        cancel_call(self._timer)
+        self._timer = None

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from OpenSSL import SSL, crypto
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
@@ -26,6 +24,7 @@ from zope.interface import implementer
 
 from ftpsproxy.settings.errors import ConfigError
 from ftpsproxy.settings.values import TLSVersion
+from ftpsproxy.tls.openssl_internals import verify_error_text
 
 _VERSIONS = {TLSVersion.V1_2: SSL.TLS1_2_VERSION, TLSVersion.V1_3: SSL.TLS1_3_VERSION}
 
@@ -45,14 +44,6 @@ class BackendTLSSettings:
     def validate(self) -> None:
         """Fail at start-up, naming the file, rather than on the first session."""
         BackendSessionTLS(self)
-
-
-def _verify_error_text(code: int) -> str:
-    try:
-        text = _ffi.string(_lib.X509_verify_cert_error_string(code))
-        return str(text.decode("ascii", "replace"))
-    except Exception:  # pragma: no cover - private binding missing
-        return f"certificate verify error {code}"
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -123,7 +114,7 @@ class BackendSessionTLS:
         self, connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
     ) -> bool:
         if not ok:
-            self.failure = f"certificate verification failed: {_verify_error_text(error)}"
+            self.failure = f"certificate verification failed: {verify_error_text(error)}"
             return False
         if depth != 0:
             return True
@@ -178,11 +169,3 @@ def _session_of(connection: SSL.Connection) -> SSL.Session | None:
         return connection.get_session()
     except SSL.Error:
         return None
-
-
-def session_reused(connection: SSL.Connection) -> bool:
-    """Whether *connection*'s handshake resumed a session (not exposed by pyOpenSSL)."""
-    try:
-        return bool(_lib.SSL_session_reused(connection._ssl))
-    except AttributeError:  # pragma: no cover - private binding missing
-        return False

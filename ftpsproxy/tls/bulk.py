@@ -34,8 +34,10 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL.SSL import SSL_CB_READ_ALERT, TLS1_3_VERSION, Connection, Error, WantReadError
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+
+from ftpsproxy.net.twisted_internals import TLSMemoryBIOHooks
 
 __all__ = ["BulkTLSFactory", "BulkTLSProtocol"]
 
@@ -51,9 +53,13 @@ def _ciphertext_bound(size: int) -> int:
     return size + (size >> 9) + 4096
 
 
-class BulkTLSProtocol(TLSMemoryBIOProtocol):
+class BulkTLSProtocol(TLSMemoryBIOHooks):
     """``TLSMemoryBIOProtocol`` that encrypts each application write in one go,
-    and as a TLS 1.3 server sends nothing before the application or the close does."""
+    and as a TLS 1.3 server sends nothing before the application or the close does.
+
+    It changes Twisted's steps only through :class:`TLSMemoryBIOHooks`, the one place
+    that knows their private names.
+    """
 
     factory: BulkTLSFactory
     # None: not decided yet (handshake running); then whether post-handshake output waits.
@@ -63,27 +69,30 @@ class BulkTLSProtocol(TLSMemoryBIOProtocol):
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
-        if not self.factory.is_client and self._tlsConnection is not None:
+        connection = self.tls_connection
+        if not self.factory.is_client and connection is not None:
             # Only the server side: a client connection's info callback is Twisted's own,
             # set on the context for certificate verification, and an SSL's would hide it.
-            self._tlsConnection.set_info_callback(self._info)
+            connection.set_info_callback(self._info)
 
     def _info(self, connection: Connection, where: int, value: int) -> None:
         if where & SSL_CB_READ_ALERT and value & 0xFF == _CLOSE_NOTIFY:
             self._close_notify_read = True
 
-    def _flushSendBIO(self, size: int = 2**15) -> None:
+    def flush_send_bio(self, size: int = 2**15) -> None:
         """Move everything OpenSSL has produced to the socket transport, in one write."""
+        connection = self.tls_connection
+        if connection is None:
+            return
         chunks = []
         for _ in range(64):  # bounded: each read takes all that is pending, normally once
             try:
-                chunks.append(self._tlsConnection.bio_read(size))
+                chunks.append(connection.bio_read(size))
             except WantReadError:
                 break
-        if self._holding is None and self._handshakeDone:
+        if self._holding is None and self.handshake_done:
             self._holding = (
-                not self.factory.is_client
-                and self._tlsConnection.get_protocol_version() >= TLS1_3_VERSION
+                not self.factory.is_client and connection.get_protocol_version() >= TLS1_3_VERSION
             )
         if self._holding:
             self._held += b"".join(chunks)
@@ -101,18 +110,19 @@ class BulkTLSProtocol(TLSMemoryBIOProtocol):
         """From now on output goes out at once, what was held first."""
         self._holding = False
 
-    def _shutdownTLS(self) -> None:
+    def shutdown_tls(self) -> None:
         self._release_held()
-        super()._shutdownTLS()
+        super().shutdown_tls()
 
-    def _tlsShutdownFinished(self, reason: Failure | None) -> None:
+    def tls_shutdown_finished(self, reason: Failure | None) -> None:
         self._release_held()
         if reason is not None and self._close_notify_read and reason.check(Error):
             reason = None  # the peer did close cleanly: report the transport's own end
-        super()._tlsShutdownFinished(reason)
+        super().tls_shutdown_finished(reason)
 
-    def _write(self, data: Any) -> None:
-        if self._lostTLSConnection:
+    def tls_write(self, data: Any) -> None:
+        connection = self.tls_connection
+        if self.tls_lost or connection is None:
             return
         self._release_held()
         view = memoryview(data)
@@ -120,18 +130,18 @@ class BulkTLSProtocol(TLSMemoryBIOProtocol):
         failure: Failure | None = None
         while sent_total < len(view):
             try:
-                sent_total += self._tlsConnection.send(view[sent_total:])
+                sent_total += connection.send(view[sent_total:])
             except WantReadError:
-                self._bufferedWrite(bytes(view[sent_total:]))
+                self.buffer_write(bytes(view[sent_total:]))
                 break
             except Error:
                 failure = Failure()
                 break
         if sent_total:
-            self._flushSendBIO(_ciphertext_bound(sent_total))
+            self.flush_send_bio(_ciphertext_bound(sent_total))
         if failure is not None:
             # As Twisted does: the TLS connection is over; the error reaches connectionLost.
-            self._tlsShutdownFinished(failure)
+            self.tls_shutdown_finished(failure)
 
 
 class BulkTLSFactory(TLSMemoryBIOFactory):
