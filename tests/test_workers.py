@@ -28,15 +28,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ftpsproxy.observe.exposition import merge_expositions
 from ftpsproxy.observe.metrics import Metrics
-from ftpsproxy.ops.supervisor import (
+from ftpsproxy.ops.worker_process import (
     RESPAWN_DELAY,
     RESPAWN_DELAY_MAX,
     WorkerJSONLineObserver,
-    WorkerSpec,
     respawn_delay,
-    split_passive_ports,
-    worker_cli,
 )
+from ftpsproxy.ops.workerspec import WorkerSpec, split_passive_ports, worker_cli
 from ftpsproxy.settings.config import PortRange, build_config
 from ftpsproxy.settings.errors import ConfigError
 from tests.conftest import MakeProxy

@@ -40,6 +40,7 @@ from ftpsproxy.ftp.replies import Reply, ReplyParser
 from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.factories import PrebuiltFactory
 from ftpsproxy.net.sockets import tune
+from ftpsproxy.net.timers import cancel_call
 from ftpsproxy.settings.config import BackendAddress
 from ftpsproxy.tls.backend import BackendSessionTLS, BackendTLSSettings
 from ftpsproxy.tls.bulk import BulkTLSFactory
@@ -181,8 +182,7 @@ class BackendControl(Protocol):
             self._reply_timer.reset(self._reply_timeout)
 
     def _disarm_reply_timer(self) -> None:
-        if self._reply_timer is not None and self._reply_timer.active():
-            self._reply_timer.cancel()
+        cancel_call(self._reply_timer)
         self._reply_timer = None
 
     def _reply_timed_out(self) -> None:
@@ -363,8 +363,7 @@ class BackendConnector:
         timer = self._reactor.callLater(self.timeout, self._set_up_timed_out, control, connected)  # type: ignore[attr-defined]
 
         def done(result: object) -> object:
-            if timer.active():
-                timer.cancel()
+            cancel_call(timer)
             return result
 
         control.ready.addBoth(done)

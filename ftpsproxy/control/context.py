@@ -15,6 +15,7 @@ from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.observe.session_events import SessionEvents
 from ftpsproxy.observe.xferlog import XferLog
 from ftpsproxy.settings.config import Config
+from ftpsproxy.settings.values import DataPath
 from ftpsproxy.tls.server import ReloadableServerTLS
 
 LOCKED_OUT = "Too many failed logins from your address; try again later."  # with 421
@@ -46,7 +47,7 @@ class ProxyContext:
     splice: bool = field(init=False)  # plain-to-plain transfers may move in the kernel
 
     def __post_init__(self) -> None:
-        self.splice = self.config.data_path == "splice" and splice_supported(self.reactor)
+        self.splice = self.config.data_path == DataPath.SPLICE and splice_supported(self.reactor)
         self.login_guard = LoginGuard(self.config.max_login_failures, self.config.login_lockout)
         self.events = SessionEvents(self.metrics, lambda: self.xferlog)
         self.metrics.locked_out_addresses.set_function(

@@ -42,6 +42,7 @@ from ftpsproxy.ftp.replies import Reply, make_reply
 from ftpsproxy.net.factories import PrebuiltFactory
 from ftpsproxy.observe.session_events import TransferDone
 from ftpsproxy.observe.xferlog import TransferRecord
+from ftpsproxy.settings.values import BackendDataMode
 from ftpsproxy.tls.bulk import BulkTLSFactory
 from ftpsproxy.tls.server import ServerTLS
 
@@ -169,7 +170,7 @@ class DataConnections:
         """
         backend = self._session.backend
         assert backend is not None
-        if self._config.backend_data_mode == "active":
+        if self._config.backend_data_mode == BackendDataMode.ACTIVE:
             creator = None
             if backend.tls is not None and backend.protect_data:
                 creator = backend.tls.for_data()

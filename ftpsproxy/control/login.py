@@ -20,6 +20,7 @@ from ftpsproxy.control.links import ClientLink, SessionCore
 from ftpsproxy.control.states import State
 from ftpsproxy.ftp.lines import Command
 from ftpsproxy.ftp.replies import Reply
+from ftpsproxy.net.timers import cancel_call
 
 
 class LoginHost(SessionCore, Protocol):
@@ -231,8 +232,7 @@ class Login:
     def end(self) -> None:
         """The session ends: give up a place in line, and count a password left at the
         backend as failed (we will never know how it went)."""
-        if self.penalty_timer is not None and self.penalty_timer.active():
-            self.penalty_timer.cancel()
+        cancel_call(self.penalty_timer)
         if self._waiter is not None:
             self._context.login_guard.cancel(self._client.peer_host, self._waiter)
             self._waiter = None

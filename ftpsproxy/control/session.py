@@ -33,6 +33,7 @@ from ftpsproxy.ftp.lines import Command, parse_command
 from ftpsproxy.ftp.policy import REFUSALS, Handling, classify, refuses_mode, verb_label
 from ftpsproxy.ftp.relayed import AddressMask, client_view, strip_controls
 from ftpsproxy.ftp.replies import Reply, make_reply
+from ftpsproxy.net.timers import cancel_call
 from ftpsproxy.observe.session_events import SessionFacts
 from ftpsproxy.tls.server import ServerTLS
 
@@ -77,9 +78,8 @@ class Session:
 
     def goto(self, state: State) -> None:
         self.state = check_transition(self.state, state)
-        if state is State.READY and self._login_timer is not None:
-            if self._login_timer.active():
-                self._login_timer.cancel()
+        if state is State.READY:
+            cancel_call(self._login_timer)
             self._login_timer = None
 
     @property
@@ -140,9 +140,8 @@ class Session:
             return
         self.goto(State.CLOSED)
         self._queue.stopped = True
-        for timer in (self._login_timer, self._idle_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
+        cancel_call(self._login_timer)
+        cancel_call(self._idle_timer)
         self._queue.clear()
         self.login.end()
         self.data.end()

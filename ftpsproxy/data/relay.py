@@ -18,21 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.base import DelayedCall
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from ftpsproxy.data.connection import DataConnection, Side
 from ftpsproxy.data.splice import SpliceError, SplicePump, spliceable
 from ftpsproxy.ftp.policy import Direction
-from ftpsproxy.net.closing import CloseDeadline
-from ftpsproxy.net.sockets import tune
 from ftpsproxy.net.timers import cancel_call
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.tls.openssl_internals import session_reused
-from ftpsproxy.tls.server import failure_reason
 
 log = Logger()
 
@@ -42,163 +37,12 @@ log = Logger()
 PIPE_SIZE = 1024 * 1024
 
 
-class Side(enum.Enum):
-    CLIENT = "client"
-    BACKEND = "backend"
-
-
 class Outcome(enum.Enum):
     COMPLETE = "complete"
     CLIENT_FAILED = "client_failed"  # client's data connection failed or never came
     BACKEND_FAILED = "backend_failed"  # backend's data connection failed or never came
     ABORTED = "aborted"  # closed on purpose: ABOR, an error reply, the session ending
     STALLED = "stalled"  # no byte moved for the stall timeout
-
-
-@implementer(IHandshakeListener)
-class DataConnection(Protocol):
-    """One side's data socket; holds at most one read until it is coupled to the other side."""
-
-    def __init__(self, channel: DataChannel, side: Side) -> None:
-        self.channel = channel
-        self.side = side
-        self.connected_ = False
-        self.ended = False
-        self.end_reason: Failure | None = None
-        self._sink: DataConnection | None = None
-        self._held: list[bytes] = []
-        self._discard = False
-        # A TLS data connection must finish its handshake before it can be shut
-        # down cleanly (Twisted aborts a mid-handshake TLS connection instead).
-        self.awaiting_handshake = channel.client_tls if side is Side.CLIENT else channel.backend_tls
-        self._finish_after_handshake = False
-        self._handshake_timer: IDelayedCall | None = None
-        self.failure_counted = False
-        self.has_producer = False  # the other side is registered as our producer
-        self._closing = CloseDeadline(
-            channel._reactor, channel.close_timeout, on_expired=self._close_timed_out
-        )
-
-    # -- Twisted callbacks ------------------------------------------------------------------
-
-    def connectionMade(self) -> None:
-        tune(self.transport, bulk=True)
-        self.connected_ = True
-        if self.awaiting_handshake:
-            self._handshake_timer = self.channel._reactor.callLater(
-                self.channel.handshake_timeout, self._handshake_timed_out
-            )
-        self.channel._side_connected(self)
-
-    def _handshake_timed_out(self) -> None:
-        self._handshake_timer = None
-        self.channel._metrics.tls_handshake_failures.labels(
-            side=self.side.value, channel="data", reason="timeout"
-        ).inc()
-        self.failure_counted = True
-        self.abort()
-
-    def handshakeCompleted(self) -> None:
-        self.awaiting_handshake = False
-        cancel_call(self._handshake_timer)
-        self._handshake_timer = None
-        self.channel._handshake_completed(self)
-        if self._finish_after_handshake:
-            self.finish()
-
-    def dataReceived(self, data: bytes) -> None:
-        sink = self._sink
-        if sink is not None:
-            self.channel._count(len(data))
-            sink.transport.write(data)  # type: ignore[union-attr]
-        elif self._discard:
-            return
-        else:
-            self._held.append(data)
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def _close_timed_out(self) -> None:
-        log.info(
-            "{side} data connection did not finish closing in time: reset",
-            side=self.side.value,
-        )
-        self.channel._metrics.data_timeouts.labels(kind="close").inc()
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        self._closing.cancel()
-        cancel_call(self._handshake_timer)
-        self.ended = True
-        self.end_reason = reason
-        self.channel._side_lost(self)
-
-    # -- used by the channel ----------------------------------------------------------------
-
-    @property
-    def close_expired(self) -> bool:
-        """Our close did not finish within the close timeout, and the connection was reset."""
-        return self._closing.expired
-
-    @property
-    def clean_end(self) -> bool:
-        return self.end_reason is not None and self.end_reason.check(ConnectionDone) is not None
-
-    def take_held(self) -> bytes:
-        """What was read before the transfer started (the kernel relay sends it first)."""
-        held, self._held = self._held, []
-        return b"".join(held)
-
-    def forward_to(self, sink: DataConnection) -> None:
-        """Start relaying our input to *sink*, with *sink* pausing us when it cannot keep up."""
-        self._sink = sink
-        self.channel._metrics.data_paths.labels(path="copy").inc()
-        held, self._held = self._held, []
-        for chunk in held:
-            self.channel._count(len(chunk))
-            sink.transport.write(chunk)  # type: ignore[union-attr]
-        if not self.ended:
-            sink.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
-            sink.has_producer = True
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def discard_input(self) -> None:
-        """The sink side: a peer should send nothing here; drop whatever it sends."""
-        self._discard = True
-        self._held = []
-        if not self.ended:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def finish(self) -> None:
-        """Close after everything written has been flushed (and TLS close_notify sent)."""
-        if not self.connected_ or self.ended:
-            return
-        if self.awaiting_handshake:
-            self._finish_after_handshake = True
-            return
-        self._unregister_producer()
-        self._closing.close(self.transport)
-
-    def abort(self) -> None:
-        if not self.connected_ or self.ended:
-            return
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def stop_relaying(self) -> None:
-        """Relay nothing more: what still arrives (before an abort takes effect) is dropped."""
-        self._sink = None
-        self._discard = True
-        self._held = []
-
-    def detach(self) -> None:
-        """Stop relaying, keep reading (and dropping) until the peer closes its side."""
-        self.stop_relaying()
-        if self.connected_ and not self.ended:
-            self._unregister_producer()
-            self.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def _unregister_producer(self) -> None:
-        if self.has_producer:
-            self.has_producer = False
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
 
 
 class DataChannel:
@@ -219,8 +63,8 @@ class DataChannel:
         close_timeout: float = 10.0,
         splice: bool = False,
     ) -> None:
-        self._reactor = reactor
-        self._metrics = metrics
+        self.reactor = reactor
+        self.metrics = metrics
         self._on_finished = on_finished
         self.client_tls = client_tls
         self.backend_tls = backend_tls
@@ -273,8 +117,8 @@ class DataChannel:
             return
         self.direction = direction
         self.started_at = now
-        self._bytes_counter = self._metrics.bytes_total.labels(direction=direction.value)
-        self._metrics.transfers_active.inc()
+        self._bytes_counter = self.metrics.bytes_total.labels(direction=direction.value)
+        self.metrics.transfers_active.inc()
         self._try_start()
 
     def client_connect_failed(self, reason: Failure) -> None:
@@ -304,7 +148,7 @@ class DataChannel:
 
     # -- events from the connections --------------------------------------------------------
 
-    def _side_connected(self, connection: DataConnection) -> None:
+    def side_connected(self, connection: DataConnection) -> None:
         if self.finished:
             connection.abort()
             return
@@ -312,37 +156,25 @@ class DataChannel:
             self._cancel_timer()
         self._try_start()
 
-    def _handshake_completed(self, connection: DataConnection) -> None:
+    def handshake_completed(self, connection: DataConnection) -> None:
         handle = connection.transport.getHandle()  # type: ignore[union-attr]
         version = handle.get_protocol_version_name()
         side = connection.side.value
-        self._metrics.tls_handshakes.labels(side=side, channel="data", version=version).inc()
+        self.metrics.tls_handshakes.labels(side=side, channel="data", version=version).inc()
         resumed = session_reused(handle)
-        self._metrics.tls_data_sessions.labels(side=side, resumed=str(resumed).lower()).inc()
+        self.metrics.tls_data_sessions.labels(side=side, resumed=str(resumed).lower()).inc()
         if connection.side is Side.CLIENT and self.require_session_reuse and not resumed:
             # Like vsftpd's require_ssl_reuse: a data connection that does not resume the
             # control session may come from someone else behind the same address.
             log.warn("refused a data connection that did not resume the TLS session")
-            self._metrics.tls_handshake_failures.labels(
-                side="client", channel="data", reason="session_reuse"
-            ).inc()
+            connection.handshake.count("session_reuse")
             self.refusal = (522, "TLS session reuse required on the data connection.")
             self._end(Outcome.CLIENT_FAILED)
 
-    def _side_lost(self, connection: DataConnection) -> None:
+    def side_lost(self, connection: DataConnection) -> None:
         if self.finished:
             self._maybe_report()
             return
-        if (
-            connection.awaiting_handshake
-            and not connection.failure_counted
-            and connection.end_reason is not None
-        ):
-            self._metrics.tls_handshake_failures.labels(
-                side=connection.side.value,
-                channel="data",
-                reason=failure_reason(connection.end_reason),
-            ).inc()
         if not self._started:
             # Keep an early end (an empty listing, a tiny upload) until the direction is known.
             if self.direction is not None:
@@ -387,7 +219,7 @@ class DataChannel:
             self._end(Outcome.CLIENT_FAILED)  # a tiny upload that already ended uncleanly
             return
         self._started = True
-        self._stall_timer = self._reactor.callLater(self.stall_timeout, self._check_progress)
+        self._stall_timer = self.reactor.callLater(self.stall_timeout, self._check_progress)
         sink.discard_input()
         if source.ended:
             source.forward_to(sink)
@@ -401,10 +233,10 @@ class DataChannel:
         if not (self.splice and spliceable(source.transport) and spliceable(sink.transport)):
             return False
         pump = SplicePump(
-            self._reactor,  # type: ignore[arg-type]
+            self.reactor,  # type: ignore[arg-type]
             source.transport,  # type: ignore[arg-type]
             sink.transport,  # type: ignore[arg-type]
-            on_progress=self._count,
+            on_progress=self.count,
             on_done=self._pump_done,
             pipe_size=PIPE_SIZE,
         )
@@ -414,7 +246,7 @@ class DataChannel:
             log.info("relaying in Python: splice could not start ({error})", error=error)
             return False
         self._pump = pump
-        self._metrics.data_paths.labels(path="splice").inc()
+        self.metrics.data_paths.labels(path="splice").inc()
         return True
 
     def _pump_done(self, reason: Failure | None) -> None:
@@ -440,7 +272,7 @@ class DataChannel:
         if pump is not None:
             pump.stop()
 
-    def _count(self, size: int) -> None:
+    def count(self, size: int) -> None:
         self.bytes += size
         self._bytes_counter.inc(size)
 
@@ -455,11 +287,11 @@ class DataChannel:
                 seconds=self.stall_timeout,
                 bytes=self.bytes,
             )
-            self._metrics.data_timeouts.labels(kind="stall").inc()
+            self.metrics.data_timeouts.labels(kind="stall").inc()
             self._end(Outcome.STALLED)
             return
         self._bytes_at_last_check = self.bytes
-        self._stall_timer = self._reactor.callLater(self.stall_timeout, self._check_progress)
+        self._stall_timer = self.reactor.callLater(self.stall_timeout, self._check_progress)
 
     def _connect_timed_out(self) -> None:
         self._timer = None
@@ -493,12 +325,12 @@ class DataChannel:
                     self.client._unregister_producer()
                 self.backend.detach()
                 self.client.abort()
-                self._reactor.callLater(self._backend_grace, self.backend.abort)
+                self.reactor.callLater(self._backend_grace, self.backend.abort)
         hooks, self._close_hooks = self._close_hooks, []
         for hook in hooks:
             hook()
         if self.direction is not None:
-            self._metrics.transfers_active.dec()
+            self.metrics.transfers_active.dec()
         self._maybe_report()
 
     def _maybe_report(self) -> None:

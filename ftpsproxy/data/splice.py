@@ -21,106 +21,31 @@ from __future__ import annotations
 import enum
 import errno
 import fcntl
-import functools
 import os
-import sys
 from collections.abc import Callable
 from typing import Literal
 
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorFDSet, IReadDescriptor, IWriteDescriptor
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpsproxy.net.twisted_internals import aborting, pending_output, take_pending_output
+from ftpsproxy.data.splice_support import (
+    SPLICE_FLAGS,
+    Side,
+    SpliceError,
+    alive,
+    hand_back,
+    splice_supported,
+    spliceable,
+)
+from ftpsproxy.net.twisted_internals import pending_output, take_pending_output
 
 __all__ = ["SpliceError", "SplicePump", "splice_supported", "spliceable"]
 
-Side = Literal["source", "sink", "pipe"]
-
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _MAX_ROUNDS = 4  # pipe fills and drains per readiness event, so one transfer cannot hog the loop
 _MAX_FUTILE_WAKEUPS = 100  # consecutive readiness events that moved nothing: give up, not spin
-
-
-class SpliceError(Exception):
-    """The pump failed on *side*: ``"source"``, ``"sink"`` or ``"pipe"`` (our own pipe).
-
-    ``errno`` is the system error number when there is one (``ECONNRESET``,
-    ``EPIPE``...), ``None`` otherwise (the reactor reported the socket gone, or
-    the pump could make no progress).
-    """
-
-    def __init__(self, side: Side, message: str, error_number: int | None = None) -> None:
-        super().__init__(f"{side}: {message}")
-        self.side: Side = side
-        self.errno = error_number
-
-
-@functools.cache
-def _kernel_splices() -> bool:
-    """Whether ``splice(2)`` works here (it may be missing or filtered by seccomp)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    if not all(hasattr(os, name) for name in ("splice", "pipe2", "SPLICE_F_NONBLOCK")):
-        return False
-    fds: list[int] = []
-    try:
-        r1, w1 = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        fds += [r1, w1]
-        r2, w2 = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        fds += [r2, w2]
-        os.write(w1, b"x")
-        return os.splice(r1, w2, 1, flags=_SPLICE_FLAGS) == 1
-    except OSError:
-        return False
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def splice_supported(reactor: object | None = None) -> bool:
-    """Whether :class:`SplicePump` can run: Linux, a working ``os.splice``, and, when
-    *reactor* is given, a reactor with file-descriptor readiness (``IReactorFDSet``:
-    the epoll, poll, select and asyncio reactors; not IOCP)."""
-    if reactor is not None and not IReactorFDSet.providedBy(reactor):
-        return False
-    return _kernel_splices()
-
-
-def spliceable(transport: object) -> bool:
-    """Whether *transport* is a plain (not TLS) Twisted TCP connection the pump can take."""
-    return (
-        isinstance(transport, tcp.Connection)
-        and hasattr(transport, "socket")
-        and not getattr(transport, "TLS", False)  # startTLS() was called on it
-        and not isinstance(getattr(transport, "protocol", None), TLSMemoryBIOProtocol)
-    )
-
-
-def _alive(conn: tcp.Connection) -> bool:
-    """Connected, its socket still open, and neither aborted nor closing."""
-    return (
-        bool(conn.connected)
-        and not conn.disconnected
-        and not aborting(conn)
-        and conn.fileno() != -1
-    )
-
-
-def _hand_back(conn: tcp.Connection, reading: bool) -> None:
-    """Let Twisted drive *conn* again: reading if *reading*, writing what it has queued."""
-    if not conn.connected or conn.disconnected or aborting(conn):
-        return
-    if conn.fileno() == -1:
-        return
-    if reading and not conn.disconnecting:
-        conn.startReading()
-    if conn.disconnecting or pending_output(conn):
-        # Something wrote or closed it while we owned the fd: let Twisted finish that.
-        conn.startWriting()
 
 
 class _State(enum.Enum):
@@ -250,7 +175,7 @@ class SplicePump:
         for name, conn in (("source", self._source), ("sink", self._sink)):
             if not spliceable(conn):
                 raise ValueError(f"{name} is not a plain TCP connection")
-            if not _alive(conn) or conn.disconnecting:
+            if not alive(conn) or conn.disconnecting:
                 raise ValueError(f"{name} is not open")
         if pending_output(self._source):
             raise ValueError("source has output queued")
@@ -302,10 +227,10 @@ class SplicePump:
         self._prefix = memoryview(b"")
         leftover = self._read_pipe() + leftover
         self._release()
-        _hand_back(self._source, reading=True)
-        _hand_back(self._sink, reading=self._sink_was_reading)
+        hand_back(self._source, reading=True)
+        hand_back(self._sink, reading=self._sink_was_reading)
         uncounted = max(len(leftover) - self._uncounted, 0)
-        if leftover and _alive(self._sink) and not self._sink.disconnecting:
+        if leftover and alive(self._sink) and not self._sink.disconnecting:
             self._sink.write(leftover)
         return uncounted
 
@@ -320,7 +245,7 @@ class SplicePump:
             return
         progress = True
         try:
-            count = os.splice(self._source.fileno(), self._pipe_w, room, flags=_SPLICE_FLAGS)
+            count = os.splice(self._source.fileno(), self._pipe_w, room, flags=SPLICE_FLAGS)
         except BlockingIOError:
             if self._pipe_bytes:
                 # No room for the socket's next segment, or nothing to read: either
@@ -420,7 +345,7 @@ class SplicePump:
         """One splice from the pipe into the sink; how many bytes it moved."""
         try:
             count = os.splice(
-                self._pipe_r, self._sink.fileno(), self._pipe_bytes, flags=_SPLICE_FLAGS
+                self._pipe_r, self._sink.fileno(), self._pipe_bytes, flags=SPLICE_FLAGS
             )
         except BlockingIOError:
             return 0
@@ -484,8 +409,8 @@ class SplicePump:
             return
         self._state = _State.DONE
         self._release()
-        _hand_back(self._source, reading=True)
-        _hand_back(self._sink, reading=self._sink_was_reading)
+        hand_back(self._source, reading=True)
+        hand_back(self._sink, reading=self._sink_was_reading)
         self._on_done(reason)
 
     def _read_pipe(self) -> bytes:

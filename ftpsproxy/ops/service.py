@@ -15,6 +15,7 @@ from ftpsproxy.control.context import ProxyContext
 from ftpsproxy.control.frontend import frontend_factory
 from ftpsproxy.control.health import BackendHealth
 from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.net.twisted_internals import listener_bound, raise_listen_errors_at_start
 from ftpsproxy.observe.http import metrics_site
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.observe.xferlog import XferLog
@@ -191,7 +192,7 @@ class ProxyService(ProcessService):
         endpoint = self._endpoint(reactor, option, description)
         service = StreamServerEndpointService(endpoint, factory)
         # A port that cannot be bound stops the process instead of running half-configured.
-        service._raiseSynchronously = True
+        raise_listen_errors_at_start(service)
         service.setServiceParent(self)
         return service
 
@@ -201,6 +202,6 @@ class ProxyService(ProcessService):
         if self.health.up is None:
             return "backend not probed yet"
         for listener in self._listeners:
-            if listener._waitingForPort is None or not listener._waitingForPort.called:
+            if not listener_bound(listener):
                 return "listeners not bound yet"
         return None

@@ -16,24 +16,18 @@ What it tells each worker is in ``ftpsproxy.ops.workerspec``.
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from prometheus_client.exposition import generate_latest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import (
     ILogObserver,
     Logger,
@@ -42,16 +36,22 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.python.failure import Failure
-from twisted.web.client import URI, Agent, HTTPConnectionPool, readBody
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
 
-from ftpsproxy.observe.exposition import merge_expositions
+from ftpsproxy.net.timers import cancel_call
+from ftpsproxy.net.twisted_internals import close_without_shutdown, raise_listen_errors_at_start
 from ftpsproxy.observe.http import supervisor_site
-from ftpsproxy.observe.logs import JSONLineObserver
 from ftpsproxy.observe.metrics import SupervisorMetrics
 from ftpsproxy.ops.process import ProcessService
 from ftpsproxy.ops.service import ProxyService, parse_endpoint
+from ftpsproxy.ops.worker_process import (
+    STABLE_AFTER,
+    Worker,
+    WorkerJSONLineObserver,
+    WorkerProtocol,
+    ended_how,
+    respawn_delay,
+)
+from ftpsproxy.ops.worker_scrape import WorkerScraper
 from ftpsproxy.ops.workerspec import (
     FIRST_LISTENER_FD,
     MASTER_KEYS,
@@ -60,76 +60,14 @@ from ftpsproxy.ops.workerspec import (
     split_passive_ports,
     worker_cli,
 )
-from ftpsproxy.settings.config import Config, PortRange
+from ftpsproxy.settings.config import Config
 from ftpsproxy.settings.errors import ConfigError
 
 log = Logger()
 
 #: The fields of ``MASTER_KEYS``: on SIGHUP the master logs their changes, the workers the rest.
 _MASTER_FIELDS = frozenset(key.replace("-", "_") for key in MASTER_KEYS)
-SCRAPE_TIMEOUT = 2.0  # seconds a worker gets to answer the master's /metrics or /readyz
 KILL_MARGIN = 5.0  # seconds past --drain-timeout before a worker that has not exited is killed
-RESPAWN_DELAY = 0.5  # seconds before a dead worker is started again, doubled while it keeps dying
-RESPAWN_DELAY_MAX = 30.0
-STABLE_AFTER = 30.0  # seconds a worker must have run for its death not to count as a crash loop
-MAX_LOG_LINE = 1024 * 1024
-
-
-def respawn_delay(quick_failures: int) -> float:
-    """Seconds to wait before starting a worker that died after *quick_failures* short runs."""
-    doublings = min(max(quick_failures - 1, 0), 16)
-    return min(RESPAWN_DELAY_MAX, RESPAWN_DELAY * 2.0**doublings)
-
-
-class _Lines:
-    """Splits a pipe's bytes into lines; a line longer than ``MAX_LOG_LINE`` is cut."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        if len(self._buffer) > MAX_LOG_LINE:
-            lines.append(self._buffer)
-            self._buffer = b""
-        return lines
-
-    def rest(self) -> list[bytes]:
-        rest, self._buffer = self._buffer, b""
-        return [rest] if rest else []
-
-
-@dataclass(eq=False)
-class _Worker:
-    index: int
-    ports: PortRange
-    metrics_path: Path | None = None
-    process: Any = None  # IProcessTransport while it runs
-    pid: int | None = None
-    started: float = 0.0
-    spawned: int = 0
-    quick_failures: int = 0
-    respawn: IDelayedCall | None = None
-    ended: list[Deferred[None]] = field(default_factory=list)
-
-
-class _WorkerProtocol(ProcessProtocol):
-    def __init__(self, supervisor: WorkerSupervisor, worker: _Worker) -> None:
-        self._supervisor = supervisor
-        self._worker = worker
-        self._lines = {1: _Lines(), 2: _Lines()}
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = self._lines.get(childFD)
-        if lines is not None:
-            for line in lines.feed(data):
-                self._supervisor.worker_output(self._worker, childFD, line)
-
-    def processEnded(self, reason: Failure) -> None:
-        for childFD, lines in self._lines.items():
-            for line in lines.rest():
-                self._supervisor.worker_output(self._worker, childFD, line)
-        self._supervisor.worker_ended(self._worker, reason)
 
 
 class _NeverAccepting(Factory):
@@ -141,42 +79,6 @@ class _NeverAccepting(Factory):
         return None
 
 
-@implementer(IAgentEndpointFactory)
-class _WorkerSockets:
-    """``http://worker<i>/...`` goes to worker *i*'s private UNIX socket."""
-
-    def __init__(self, reactor: Any, workers: Sequence[_Worker]) -> None:
-        self._reactor = reactor
-        self._workers = workers
-
-    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
-        worker = self._workers[int(uri.host.removeprefix(b"worker"))]
-        assert worker.metrics_path is not None
-        return UNIXClientEndpoint(self._reactor, str(worker.metrics_path), SCRAPE_TIMEOUT)
-
-
-@implementer(ILogObserver)
-class WorkerJSONLineObserver:
-    """``JSONLineObserver`` that also keeps the ``worker`` of events a worker logged."""
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self._out = out if out is not None else sys.stdout
-        self._line = io.StringIO()
-        self._inner = JSONLineObserver(self._line)
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self._line.seek(0)
-        self._line.truncate()
-        self._inner(event)
-        text = self._line.getvalue()
-        if "worker" in event:
-            record = json.loads(text)
-            record["worker"] = event["worker"]
-            text = json.dumps(record, ensure_ascii=False) + "\n"
-        self._out.write(text)
-        self._out.flush()
-
-
 def _listen_now(endpoint: Any, factory: Factory) -> Any:
     """Listen on *endpoint* at once (stream endpoints bind synchronously) or raise why not."""
     results: list[Any] = []
@@ -186,14 +88,6 @@ def _listen_now(endpoint: Any, factory: Factory) -> Any:
     if isinstance(results[0], Failure):
         results[0].raiseException()
     return results[0]
-
-
-def _ended_how(reason: Failure) -> str:
-    value = reason.value
-    signal_number = getattr(value, "signal", None)
-    if signal_number is not None:
-        return f"was killed by signal {signal_number}"
-    return f"exited with code {getattr(value, 'exitCode', '?')}"
 
 
 def _private_dir() -> Path:
@@ -230,7 +124,7 @@ class WorkerSupervisor(ProcessService):
         self._executable = executable
         self.metrics = SupervisorMetrics()
         self.workers = [
-            _Worker(index, ports)
+            Worker(index, ports)
             for index, ports in enumerate(split_passive_ports(config.passive_ports, config.workers))
         ]
         for worker in self.workers:
@@ -247,21 +141,17 @@ class WorkerSupervisor(ProcessService):
         self._runtime_dir: Path | None = None
         self._stopping = False
         self._check_worker_config()
-        # Persistent: one connection per worker for all scrapes, not a new one (logged) each.
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._agent = Agent.usingEndpointFactory(
-            reactor, _WorkerSockets(reactor, self.workers), pool=self._pool
-        )
+        self._scraper = WorkerScraper(reactor, self.workers, self.metrics)
         if config.metrics:
             site = supervisor_site(self.render_metrics, self.ready_problem)
             service = StreamServerEndpointService(self._parse("metrics", config.metrics), site)
-            service._raiseSynchronously = True
+            raise_listen_errors_at_start(service)
             service.setServiceParent(self)
 
     def _parse(self, option: str, description: str) -> Any:
         return parse_endpoint(self._reactor, option, description)
 
-    def _spec(self, worker: _Worker) -> WorkerSpec:
+    def _spec(self, worker: Worker) -> WorkerSpec:
         metrics = _unix_endpoint(worker.metrics_path) if worker.metrics_path else None
         return WorkerSpec(
             index=worker.index,
@@ -326,7 +216,7 @@ class WorkerSupervisor(ProcessService):
 
     # -- workers ---------------------------------------------------------------------------
 
-    def _spawn(self, worker: _Worker) -> None:
+    def _spawn(self, worker: Worker) -> None:
         worker.respawn = None
         if self._stopping:
             return
@@ -340,7 +230,7 @@ class WorkerSupervisor(ProcessService):
             child_fds[FIRST_LISTENER_FD + number] = port.fileno()
         try:
             worker.process = self._reactor.spawnProcess(
-                _WorkerProtocol(self, worker),
+                WorkerProtocol(self, worker),
                 self._executable,
                 [self._executable, "-m", "ftpsproxy.ops.worker_main"],
                 env=env,
@@ -367,11 +257,11 @@ class WorkerSupervisor(ProcessService):
     def _count_alive(self) -> None:
         self.metrics.workers.set(sum(1 for worker in self.workers if worker.process is not None))
 
-    def worker_ended(self, worker: _Worker, reason: Failure) -> None:
+    def worker_ended(self, worker: Worker, reason: Failure) -> None:
         pid = worker.pid
         worker.process = None
         self._count_alive()
-        how = _ended_how(reason)
+        how = ended_how(reason)
         waiting, worker.ended = worker.ended, []
         for ended in waiting:
             ended.callback(None)
@@ -391,12 +281,12 @@ class WorkerSupervisor(ProcessService):
             delay=delay,
         )
 
-    def _schedule_respawn(self, worker: _Worker) -> float:
+    def _schedule_respawn(self, worker: Worker) -> float:
         delay = respawn_delay(worker.quick_failures)
         worker.respawn = self._reactor.callLater(delay, self._spawn, worker)
         return delay
 
-    def worker_output(self, worker: _Worker, child_fd: int, line: bytes) -> None:
+    def worker_output(self, worker: Worker, child_fd: int, line: bytes) -> None:
         """Re-emit a line a worker wrote: its log events, or raw text (a crash before logging)."""
         text = line.decode("utf-8", "replace").lstrip("\x1e").rstrip("\r")
         if not text.strip():
@@ -447,15 +337,14 @@ class WorkerSupervisor(ProcessService):
         """Close the listeners here, SIGTERM every worker, wait for them (SIGKILL if late)."""
         self._stopping = True
         for worker in self.workers:
-            if worker.respawn is not None and worker.respawn.active():
-                worker.respawn.cancel()
+            cancel_call(worker.respawn)
             worker.respawn = None
         for port in self._ports:
             # Our descriptor only: a shutdown() would stop the workers' accepts too.
-            port._shouldShutdown = False
+            close_without_shutdown(port)
             port.stopListening()
         self._ports = []
-        self._pool.closeCachedConnections()
+        self._scraper.close()
         stopped = super().stopService()
         stopped.addCallback(lambda _: self._stop_workers())
         return stopped.addBoth(self._remove_runtime_dir)
@@ -492,8 +381,7 @@ class WorkerSupervisor(ProcessService):
 
         def all_ended(result: object) -> None:
             for call in (killer, giving_up):
-                if call.active():
-                    call.cancel()
+                cancel_call(call)
             if not done.called:
                 done.callback(None)
 
@@ -508,59 +396,12 @@ class WorkerSupervisor(ProcessService):
 
     # -- the metrics site --------------------------------------------------------------------
 
-    def _fetch(self, worker: _Worker, path: bytes) -> Deferred[tuple[int, bytes] | None]:
-        """GET *path* from *worker*'s own site: (code, body), or None if it did not answer."""
-        if worker.metrics_path is None or worker.process is None:
-            return succeed(None)
-        if not worker.metrics_path.exists():
-            return succeed(None)  # not listening yet: no connection attempt (each one is logged)
-        url = b"http://worker%d%s" % (worker.index, path)
-        fetched: Deferred[Any] = self._agent.request(b"GET", url)
-
-        def body(response: Any) -> Deferred[tuple[int, bytes]]:
-            return readBody(response).addCallback(lambda data: (response.code, data))
-
-        fetched.addCallback(body)
-        fetched.addTimeout(SCRAPE_TIMEOUT, self._reactor)
-        return fetched.addErrback(lambda reason: None)
-
     def render_metrics(self) -> Deferred[bytes]:
         """The master's series and every worker's, labelled ``worker="i"``, as one page."""
-        fetches = [self._fetch(worker, b"/metrics") for worker in self.workers]
-
-        def merge(results: list[tuple[int, bytes] | None]) -> bytes:
-            parts: list[tuple[str | None, str]] = []
-            for worker, result in zip(self.workers, results, strict=True):
-                if result is None or result[0] != 200:
-                    self.metrics.worker_scrape_errors.labels(worker=str(worker.index)).inc()
-                    continue
-                parts.append((str(worker.index), result[1].decode("utf-8", "replace")))
-            own = generate_latest(self.metrics.registry).decode()
-            text, unparsable = merge_expositions([(None, own), *parts])
-            for source in unparsable:
-                self.metrics.worker_scrape_errors.labels(worker=source).inc()
-            return text.encode()
-
-        gathered: Deferred[Any] = gatherResults(fetches)
-        return gathered.addCallback(merge)
+        return self._scraper.render_metrics()
 
     def ready_problem(self) -> Deferred[str | None]:
         """None when every worker runs and answers its own ``/readyz`` with 200."""
         if self._stopping:
             return succeed("shutting down")
-        fetches = [self._fetch(worker, b"/readyz") for worker in self.workers]
-
-        def judge(results: list[tuple[int, bytes] | None]) -> str | None:
-            problems: list[str] = []
-            for worker, result in zip(self.workers, results, strict=True):
-                if worker.process is None:
-                    problems.append(f"worker {worker.index}: not running")
-                elif result is None:
-                    problems.append(f"worker {worker.index}: no answer")
-                elif result[0] != 200:
-                    why = result[1].decode("utf-8", "replace").strip()
-                    problems.append(f"worker {worker.index}: {why}")
-            return "; ".join(problems) or None
-
-        gathered: Deferred[Any] = gatherResults(fetches)
-        return gathered.addCallback(judge)
+        return self._scraper.ready_problem()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from ftpsproxy.net.timers import cancel_call
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.tls.server import failure_reason
 
@@ -55,10 +56,11 @@ class HandshakeWatch:
         self.completed = True
         self._cancel()
 
-    def connection_lost(self, reason: Failure) -> None:
-        """The connection ended: a handshake begun and not completed failed, for *reason*."""
+    def connection_lost(self, reason: Failure, *, count: bool = True) -> None:
+        """The connection ended: a handshake begun and not completed failed, for *reason*
+        (unless *count* is False: the owner ended it on purpose)."""
         self._cancel()
-        if self.started and not self.completed:
+        if count and self.started and not self.completed:
             self._count(failure_reason(reason))
 
     def count(self, reason: str) -> None:
@@ -74,6 +76,5 @@ class HandshakeWatch:
         ).inc()
 
     def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        cancel_call(self._timer)
         self._timer = None
