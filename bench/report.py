@@ -95,9 +95,19 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     meta = report["meta"]
     labels: dict[str, str] = {t["key"]: t["label"] for t in report["configurations"]}
-    lines = [
-        "# ftpsproxy benchmark",
-        "",
+    lines = ["# ftpsproxy benchmark", ""]
+    if meta.get("dirty", False):
+        git = meta.get("git", {})
+        if git.get("dirty") is None:
+            why = "the checkout's git state could not be read"
+        else:
+            why = "uncommitted changes to " + ", ".join(c[3:] for c in git.get("changes", []))
+        lines += [
+            f"> **DIRTY TREE: these results cannot be tied to commit {git.get('commit', '?')}.** "
+            f"bench/run.py ran with --allow-dirty: {why}.",
+            "",
+        ]
+    lines += [
         f"{meta['date']} · commit {meta['commit']} · backend **{meta['backend']}** · "
         f"{meta['mod_proxy']} ({meta['mod_proxy_mode']}) · {meta['ftpsproxy']} · "
         f"{meta['curl']} · {meta['openssl']} · Python {meta['python']} · "

@@ -16,7 +16,13 @@ LIST + QUIT per second, sequential and concurrent), concurrent (many parallel do
 aggregate MiB/s), latency (NOOP round trips), idle (proxy RSS with many idle TLS
 sessions), slow-reader (proxy peak RSS relaying to a rate-limited client). Every
 transfer is verified. Results: ``<results-dir>/results.md`` and ``results.json`` (and
-``results.png`` if matplotlib is importable); logs in ``<results-dir>/logs/``.
+``results.png`` if matplotlib is importable); logs in ``<results-dir>/logs/``; with
+``--save NAME`` also ``<results-dir>/YYYY-MM-DD-NAME.md`` and ``.json``, the files meant
+to be committed.
+
+The git state of the checkout (commit, and whether tracked files differ from it) is
+taken at the start and recorded in the results; a dirty tree is refused unless
+``--allow-dirty`` is given, and then the results say so in bold.
 
 See bench/README.md for what each figure means and the latest results.
 """
@@ -29,6 +35,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import ssl
@@ -60,6 +67,8 @@ from bench.common import (
 )
 from bench.profiling import profile_proxy
 from tests.support.certs import make_pki
+
+_SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 PARTS = ("throughput", "sessions", "concurrent", "latency", "idle", "slow-reader")
 
@@ -114,6 +123,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=BENCH_DIR / "results",
         help="where results.md, results.json and logs/ go (default bench/results)",
     )
+    parser.add_argument(
+        "--save",
+        metavar="NAME",
+        default=None,
+        help="also write YYYY-MM-DD-NAME.md and .json to the results directory (to commit)",
+    )
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="run with uncommitted changes to tracked files (the results are marked DIRTY)",
+    )
     parser.add_argument("--scratch", type=Path, default=None, help="scratch parent (/dev/shm)")
     parser.add_argument("--keep-scratch", action="store_true", help="do not delete the scratch")
     args = parser.parse_args(argv)
@@ -134,11 +154,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown part(s) {sorted(unknown)}; choose from {','.join(PARTS)}")
     if args.size_bytes < MIB or args.rounds < 1:
         parser.error("--size must be at least 1M and --rounds at least 1")
+    if args.save is not None and not _SAVE_NAME.fullmatch(args.save):
+        parser.error("--save NAME: letters, digits, '-' and '_' only (it becomes a file name)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    git = git_state(REPO)
+    if not git["clean"]:
+        if not args.allow_dirty:
+            print(
+                f"bench: {git['problem']}: results from it could not be reproduced from "
+                f"commit {git['commit']}.\nCommit or stash first, or pass --allow-dirty "
+                "(the results are then marked DIRTY).",
+                file=sys.stderr,
+            )
+            return 2
+        say(f"WARNING: {git['problem']}; --allow-dirty: the results are marked DIRTY")
     if shutil.which("curl") is None:
         print("bench: curl is not installed", file=sys.stderr)
         return 2
@@ -155,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch.chmod(0o755)  # the backend's unprivileged user must reach the served root
     procs = Processes()
     try:
-        result = run(args, scratch, results_dir, logs, procs)
+        result = run(args, scratch, results_dir, logs, procs, git)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
@@ -172,9 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     (results_dir / "results.md").write_text(markdown)
     (results_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     png = report.render_png(result, results_dir / "results.png")
+    written = ["results.md", "results.json", *(["results.png"] if png else [])]
+    if args.save is not None:
+        day = result["meta"]["date"][:10]
+        for suffix, text in ((".md", markdown), (".json", json.dumps(result, indent=2) + "\n")):
+            name = f"{day}-{args.save}{suffix}"
+            (results_dir / name).write_text(text)
+            written.append(name)
     print()
     print(markdown)
-    written = ["results.md", "results.json", *(["results.png"] if png else [])]
     print(f"written to {results_dir}: {', '.join(written)}")
     return 0
 
@@ -200,17 +239,46 @@ def _command_version(argv: list[str], words: int = 2) -> str:
     return " ".join(done.stdout.decode(errors="replace").split()[:words])
 
 
-def _git_commit() -> str:
+def _git(repo: Path, *args: str) -> str | None:
+    """``git -C repo ARGS``'s output, None if git is missing or fails."""
     try:
         done = subprocess.run(
-            ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-            capture_output=True,
-            timeout=10,
-            check=False,
+            ["git", "-C", str(repo), *args], capture_output=True, timeout=10, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return done.stdout.decode().strip() or "unknown"
+        return None
+    return done.stdout.decode(errors="replace") if done.returncode == 0 else None
+
+
+def git_state(repo: Path = REPO) -> dict[str, Any]:
+    """The checkout's commit and whether tracked files differ from it (untracked ones don't).
+
+    ``clean`` is False when they differ or when git cannot tell (no git, not a checkout):
+    either way the results could not be tied to a commit. ``problem`` says which.
+    """
+    commit = (_git(repo, "rev-parse", "HEAD") or "").strip()
+    describe = (_git(repo, "describe", "--always", "--dirty") or "").strip()
+    status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+    state: dict[str, Any] = {
+        "commit": commit or "unknown",
+        "describe": describe or "unknown",
+        "dirty": None,
+        "changes": [],
+        "clean": False,
+        "problem": "",
+    }
+    if not commit or status is None:
+        state["problem"] = f"cannot tell the git state of {repo} (no git, or not a checkout)"
+        return state
+    changes = [line for line in status.splitlines() if line.strip()]
+    state.update(dirty=bool(changes), changes=changes, clean=not changes)
+    if changes:
+        state["problem"] = (
+            f"the checkout has uncommitted changes to {len(changes)} tracked file(s): "
+            + ", ".join(line[3:] for line in changes[:5])
+            + (" …" if len(changes) > 5 else "")
+        )
+    return state
 
 
 # -- setting up -------------------------------------------------------------------------------
@@ -626,7 +694,12 @@ def goals(results: dict[str, Any], idle_target: int) -> list[dict[str, str]]:
 
 
 def run(
-    args: argparse.Namespace, scratch: Path, results_dir: Path, logs: Path, procs: Processes
+    args: argparse.Namespace,
+    scratch: Path,
+    results_dir: Path,
+    logs: Path,
+    procs: Processes,
+    git: dict[str, Any],
 ) -> dict[str, Any]:
     started = time.monotonic()
     load_start = _loadavg()
@@ -654,7 +727,9 @@ def run(
 
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": git["describe"],
+        "git": {k: git[k] for k in ("commit", "describe", "dirty", "changes")},
+        "dirty": not git["clean"],
         "command": " ".join(["bench/run.py", *sys.argv[1:]]),
         "cpus": os.cpu_count(),
         "loadavg_start": load_start,

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash deploy/setup-venv.sh demo
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec .venv/bin/python -m ftpsproxy.demo "$@"
+exec .venv/bin/python -m ftpsproxy.ops.demo "$@"

@@ -8,9 +8,9 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from ftpsproxy.backend import BackendControl, BackendSetupError
-from ftpsproxy.backendtls import BackendSessionTLS, BackendTLSSettings
+from ftpsproxy.control.backend import BackendControl, BackendSetupError
 from ftpsproxy.ftp.replies import Reply
+from ftpsproxy.tls.backend import BackendSessionTLS, BackendTLSSettings
 
 BACKEND = IPv4Address("TCP", "127.0.0.1", 21)
 

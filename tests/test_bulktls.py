@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
-from ftpsproxy.bulktls import BulkTLSFactory, BulkTLSProtocol
+from ftpsproxy.tls.bulk import BulkTLSFactory, BulkTLSProtocol
 from tests.support.certs import Pki
 
 # Twisted's PrivateCertificate hands pyOpenSSL its legacy X509/PKey objects.
@@ -207,3 +207,15 @@ def test_tls12_handshake_is_not_held(pki: Pki) -> None:
     server_app.transport.write(down)  # type: ignore[union-attr]
     _pump_all(pump)
     assert (server_app.data, client_app.data) == (up, down)
+
+
+def test_the_server_side_reads_the_clients_close_notify(pki: Pki) -> None:
+    """The info callback sees the close_notify alert: with it an error OpenSSL reports
+    next (OpenSSL 4 after Java's user_canceled + close_notify) still ends cleanly."""
+    server_app, client_app, pump, server_tls, _ = _pair(pki, True)
+    pump.flush()
+    assert not server_tls._close_notify_read  # type: ignore[attr-defined]
+    client_app.transport.loseConnection()  # type: ignore[union-attr]
+    _pump_all(pump)
+    assert server_tls._close_notify_read  # type: ignore[attr-defined]
+    assert server_app.lost is not None and server_app.lost.check(ConnectionDone)

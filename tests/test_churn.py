@@ -27,8 +27,9 @@ import pytest
 
 from tests.conftest import MakeProxy
 from tests.support.certs import Pki
-from tests.support.faults import UnlimitedPyftpdBackend, wait_until
+from tests.support.faults import UnlimitedPyftpdBackend
 from tests.support.proxy import ProxyProcess
+from tests.support.waiting import wait_until
 from tests.test_e2e_core import Proxied, start_proxy
 
 WARM_UP = 200

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from ftpsproxy.config import (
+from ftpsproxy.ops.service import ProxyService
+from ftpsproxy.settings.config import (
     BackendAddress,
     PortRange,
     build_config,
@@ -13,8 +14,7 @@ from ftpsproxy.config import (
     parse_backend_url,
     reload_config,
 )
-from ftpsproxy.errors import ConfigError
-from ftpsproxy.service import ProxyService
+from ftpsproxy.settings.errors import ConfigError
 
 BASE = {"backend": "ftp://127.0.0.1:2100", "listen": ["tcp:2121"]}
 

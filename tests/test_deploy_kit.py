@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpsproxy.metrics import Metrics
+from ftpsproxy.observe.metrics import Metrics
 from tests.support.clients import require_tool
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

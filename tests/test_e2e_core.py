@@ -12,9 +12,7 @@ import io
 import re
 import socket
 import ssl
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from tests.support.clients import (
 )
 from tests.support.ports import free_port, free_port_range
 from tests.support.proxy import ProxyError
+from tests.support.waiting import wait_until
 
 BIG = 32 * 1024 * 1024
 
@@ -95,6 +94,7 @@ def start_proxy(
         except ProxyError as error:
             if "Address already in use" not in str(error) or attempt == 2:
                 raise
+            error.proxy.bind_error_expected = True
             continue
         return Proxied(backend, pki, port, implicit_port, metrics_port, (low, high), proxy)
     raise AssertionError("unreachable")
@@ -276,11 +276,11 @@ def test_exhausted_passive_range_gives_425_and_recovers(
     assert proxied.metrics()["ftpsproxy_passive_ports_exhausted_total{}"] == 1
     third.voidcmd("NOOP")  # the session goes on
     holders[0].quit()
-    _wait_for(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 1)
+    wait_until(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 1)
     assert third.nlst() == []
     holders[1].quit()
     third.quit()
-    _wait_for(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
+    wait_until(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
 
 
 def test_one_address_gets_its_share_of_the_passive_range_and_others_still_transfer(
@@ -320,14 +320,7 @@ def test_one_address_gets_its_share_of_the_passive_range_and_others_still_transf
     other.quit()
     for ftp in holders:
         ftp.quit()
-    _wait_for(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+    wait_until(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
 
 
 def test_unreachable_backend_gives_421(make_proxy: MakeProxy, pki: Pki, tmp_path: Path) -> None:
@@ -436,7 +429,7 @@ def test_metrics_count_exact_bytes_and_sessions(
     _retr(ftp, name)
     ftp.storbinary("STOR small.bin", io.BytesIO(b"s" * 1000))
     ftp.quit()
-    _wait_for(
+    wait_until(
         lambda: (
             proxied.metrics().get(
                 f"ftpsproxy_sessions_active{{listener=tcp:{proxied.port}:interface=127.0.0.1,"
@@ -559,5 +552,5 @@ def test_rest_appe_stou_and_abort(proxied: Proxied, big_file: tuple[str, str]) -
     assert ftp.voidresp().startswith(("225", "226"))
     assert "big.bin" in ftp.nlst()
     ftp.quit()
-    _wait_for(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
-    _wait_for(lambda: proxied.metrics()["ftpsproxy_transfers_active{}"] == 0)
+    wait_until(lambda: proxied.metrics()["ftpsproxy_passive_ports_in_use{}"] == 0)
+    wait_until(lambda: proxied.metrics()["ftpsproxy_transfers_active{}"] == 0)

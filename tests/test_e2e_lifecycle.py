@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import ftplib
-import hashlib
 import os
 import signal
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,51 +12,53 @@ import pytest
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
-from tests.support.clients import make_random_file
+from tests.support.clients import PausedDownload, make_random_file
 from tests.support.ports import free_port, free_port_range
+from tests.support.proxy import ProxyProcess
+from tests.support.waiting import wait_until
 from tests.test_e2e_core import start_proxy
+
+MIB = 1024 * 1024
 
 
 def test_sigterm_lets_a_running_transfer_finish_and_closes_idle_sessions(
     make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki
 ) -> None:
-    digest = make_random_file(backend.path("big.bin"), 8 * 1024 * 1024)
+    size = 8 * MIB
+    digest = make_random_file(backend.path("big.bin"), size)
     proxied = start_proxy(make_proxy, backend, pki, "--drain-timeout", "60")
+    proxy = proxied.proxy
+    assert isinstance(proxy, ProxyProcess)
     idle = proxied.ftp_tls()
     busy = proxied.ftp_tls()
     busy.voidcmd("TYPE I")
-    conn = busy.transfercmd("RETR big.bin")
-    received = hashlib.sha256()
     outcome: dict[str, str] = {}
 
-    def slow_reader() -> None:
-        while chunk := conn.recv(64 * 1024):  # slow: SIGTERM lands mid-transfer
-            received.update(chunk)
-            time.sleep(0.01)
-        conn.unwrap().close()
+    def final_replies() -> None:
         outcome["final"] = busy.getresp()
         try:
             busy.getresp()
         except ftplib.error_temp as error:
             outcome["after"] = str(error)
 
-    reader = threading.Thread(target=slow_reader)
-    reader.start()
-    time.sleep(0.5)
-    os.kill(proxied.proxy.pid, signal.SIGTERM)  # type: ignore[attr-defined]
+    download = PausedDownload(busy.transfercmd("RETR big.bin"), MIB, final_replies)
+    download.start()
+    # The signal lands mid-transfer: part of the file has arrived, not all of it.
+    received_at_signal = download.wait_paused()
+    assert 0 < received_at_signal < size
+    assert proxied.metrics()["ftpsproxy_transfers_active{}"] == 1
+    os.kill(proxy.pid, signal.SIGTERM)
+    proxy.wait_log(r"SIGTERM: draining sessions")
     with pytest.raises(ftplib.error_temp, match=r"^421 Service shutting down"):
         idle.getresp()
-    reader.join(timeout=60)
-    assert not reader.is_alive()
-    assert received.hexdigest() == digest
+    download.finish()
+    assert download.received == size
+    assert download.digest.hexdigest() == digest
     assert outcome["final"].startswith("226")
     assert outcome["after"].startswith("421")
-    proxy = proxied.proxy
-    deadline = time.monotonic() + 30
-    while proxy.is_running() and time.monotonic() < deadline:  # type: ignore[attr-defined]
-        time.sleep(0.05)
-    assert proxy.returncode == 0  # type: ignore[attr-defined]
-    assert "Traceback" not in proxy.log_text()  # type: ignore[attr-defined]
+    wait_until(lambda: not proxy.is_running(), 30, "the proxy's exit")
+    assert proxy.returncode == 0
+    assert "Traceback" not in proxy.log_text()
 
 
 def test_sighup_applies_safe_config_changes_and_logs_what_changed(

@@ -39,6 +39,7 @@ from tests.support.clients import (
     sha256_file,
 )
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 from tests.test_e2e_core import Proxied, start_proxy
 
 MIB = 1024 * 1024
@@ -55,16 +56,9 @@ def proxied(make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki) -> Proxied:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.05)
-
-
 def assert_idle(proxied: Proxied) -> dict[str, float]:
     """Wait until the proxy holds no passive port and runs no transfer; the final samples."""
-    wait_for(
+    wait_until(
         lambda: proxied.metrics()[IN_USE] == 0 and proxied.metrics()[ACTIVE] == 0,
         what="passive ports and transfers back to 0",
     )
@@ -220,12 +214,13 @@ def _run_lftp_until(script: str, progress: Callable[[], int], threshold: int) ->
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+        def far_enough() -> bool:
+            assert proc.poll() is None, f"lftp ended early with {proc.returncode}"
+            return progress() >= threshold
+
         try:
-            deadline = time.monotonic() + 30
-            while progress() < threshold:
-                assert proc.poll() is None, f"lftp ended early with {proc.returncode}"
-                assert time.monotonic() < deadline, "the transfer made no progress"
-                time.sleep(0.02)
+            wait_until(far_enough, 30, f"{threshold} bytes transferred", interval=0.02)
         finally:
             proc.kill()
             proc.wait(timeout=10)
@@ -324,7 +319,7 @@ def test_transfer_cut_off_by_the_client_going_away_is_counted(
     else:
         conn = ftp.transfercmd("STOR up.bin")
         conn.sendall(b"u" * MIB)
-        wait_for(lambda: _size(proxied.backend.path("up.bin")) > 0, what="upload under way")
+        wait_until(lambda: _size(proxied.backend.path("up.bin")) > 0, what="upload under way")
     # The client dies: both connections closed, no ABOR, no QUIT, no close_notify. The
     # control connection first, so the session always ends before any backend reply.
     ftp.close()
@@ -608,16 +603,8 @@ def test_epsv_all_refuses_pasv_port_eprt_but_epsv_works(proxied: Proxied) -> Non
 # -- 5. IPv6 ----------------------------------------------------------------------------------
 
 
-def _ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback")
+#: No IPv6 loopback skips these, or fails them under CI=true (the ``ipv6_loopback`` fixture).
+needs_ipv6 = pytest.mark.usefixtures("ipv6_loopback")
 
 
 def _ftplib_round_trip(ftp: ftplib.FTP_TLS, tag: str, data: bytes, digest: str) -> None:

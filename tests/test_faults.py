@@ -57,9 +57,9 @@ from tests.support.faults import (
     sends,
     silent,
     then_hold,
-    wait_until,
 )
 from tests.support.proxy import ProxyProcess
+from tests.support.waiting import wait_until
 from tests.test_e2e_core import Proxied, start_proxy
 
 MIB = 1024 * 1024

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftpsproxy.loginguard import LoginGuard
+from ftpsproxy.control.loginguard import LoginGuard
 
 
 def test_locks_out_at_the_limit_and_for_the_lockout_period() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ftplib
 import io
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import pytest
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
+from tests.support.waiting import wait_until
 from tests.test_e2e_core import start_proxy
 
 
@@ -25,13 +25,6 @@ def _get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.1)
 
 
 def test_json_logs_carry_session_ids_and_never_the_password(
@@ -69,13 +62,13 @@ def test_readyz_follows_the_backend(
     backend = make_backend()
     proxied = start_proxy(make_proxy, backend, pki, "--health-interval", "0.2")
     readyz = f"http://127.0.0.1:{proxied.metrics_port}/readyz"
-    _wait(lambda: _get(readyz)[0] == 200)
+    wait_until(lambda: _get(readyz)[0] == 200)
     assert _get(f"http://127.0.0.1:{proxied.metrics_port}/healthz") == (200, "ok\n")
     assert proxied.metrics()["ftpsproxy_backend_up{}"] == 1
     port = backend.port
     backend.stop()
-    _wait(lambda: _get(readyz)[0] == 503)
+    wait_until(lambda: _get(readyz)[0] == 503)
     assert "unreachable" in _get(readyz)[1]
     assert proxied.metrics()["ftpsproxy_backend_up{}"] == 0
     make_backend(port=port, root=tmp_path / "again")
-    _wait(lambda: _get(readyz)[0] == 200)
+    wait_until(lambda: _get(readyz)[0] == 200)

@@ -6,9 +6,9 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel, capturedLogs
 
-from ftpsproxy.metrics import Metrics
-from ftpsproxy.passive import PassiveListener
-from ftpsproxy.ports import PortAllocator
+from ftpsproxy.data.passive import PassiveListener
+from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.observe.metrics import Metrics
 
 
 def _listener(

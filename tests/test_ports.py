@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ftpsproxy.ports import PortAllocator, Refusal, default_share
+from ftpsproxy.data.ports import PortAllocator, Refusal
+from ftpsproxy.settings.config import default_share
 
 A, B = "192.0.2.1", "198.51.100.7"
 

@@ -21,12 +21,13 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from ftpsproxy.backend import BackendControl
-from ftpsproxy.config import Config, PortRange, parse_backend_url
-from ftpsproxy.frontend import FrontendProtocol
-from ftpsproxy.metrics import Metrics
-from ftpsproxy.ports import PortAllocator
-from ftpsproxy.session import ProxyContext, State
+from ftpsproxy.control.backend import BackendControl
+from ftpsproxy.control.context import ProxyContext
+from ftpsproxy.control.frontend import FrontendProtocol
+from ftpsproxy.control.states import State
+from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.settings.config import Config, PortRange, parse_backend_url
 
 CLIENT = IPv4Address("TCP", "127.0.0.5", 50000)
 PROXY = IPv4Address("TCP", "127.0.0.1", 2121)
@@ -669,7 +670,7 @@ def test_idle_timeout_after_login_but_not_during_a_transfer() -> None:
     backend_data, _ = _backend_data(harness)
     harness.backend_says(b"150 go\r\n")
     harness.reactor.advance(500)  # a long transfer is not idleness
-    assert harness.state is State.READY
+    assert harness.state is State.TRANSFERRING
     backend_data.connectionLost(Failure(ConnectionDone()))
     client_data.connectionLost(Failure(ConnectionDone()))
     harness.backend_says(b"226 done\r\n")

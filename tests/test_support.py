@@ -20,6 +20,7 @@ import pytest
 from tests.support import interop_clients
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki, make_client_cert, make_expired_server_cert, make_pki
+from tests.support.ci import require
 from tests.support.clients import (
     ImplicitFTP_TLS,
     ImplicitReusingFTP_TLS,
@@ -31,8 +32,9 @@ from tests.support.clients import (
     run_lftp,
     sha256_file,
 )
-from tests.support.ports import free_port, free_port_range
+from tests.support.ports import free_port, free_port_range, has_ipv6_loopback
 from tests.support.proxy import CLEAN_EXIT_CODES, ProxyError, ProxyProcess
+from tests.support.waiting import wait_until
 
 SIZE = 4 * 1024 * 1024
 
@@ -340,11 +342,7 @@ def test_backend_options_and_ipv6(
         _, port = ftplib.parse227(ftp.sendcmd("PASV"))
         assert low <= port <= high
 
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no IPv6 loopback on this machine")
+    require(has_ipv6_loopback(), "no IPv6 loopback (::1) on this machine")
     v6 = make_backend(ipv6=True, root=tmp_path / "v6-root")
     assert v6.url == f"ftp://[::1]:{v6.port}"
     with ftplib.FTP() as ftp:
@@ -399,6 +397,54 @@ def test_require_tool(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(pytest.skip.Exception):
         require_tool("no-such-tool-ftpsproxy")
     assert require_tool("sh")
+
+
+def test_ci_rule_for_anything_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing kernel feature, IPv6, tool or server skips with its reason, or fails
+    under CI=true: there everything is installed, and a skip would hide a broken setup."""
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"no IPv6 loopback .*CI=true"):
+        require(False, "no IPv6 loopback")
+    require(True, "never shown")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"^splice\(2\) not available$"):
+        require(False, "splice(2) not available")
+
+
+def test_wait_until_returns_the_time_or_says_what_it_waited_for() -> None:
+    values = iter([False, False, True])
+    assert 0 <= wait_until(lambda: next(values), 5, interval=0.01) < 5
+    with pytest.raises(AssertionError, match=r"the moon not reached within 0\.05 s"):
+        wait_until(lambda: False, 0.05, "the moon", interval=0.01)
+    with pytest.raises(TimeoutError, match="late"):
+        wait_until(lambda: False, 0.05, interval=0.01, error=lambda: TimeoutError("late"))
+
+
+_BIND_TRACEBACK = """\
+T [twisted.scripts._twistd_unix.UnixAppLogger#info] reactor class: EPollReactor.
+T [stderr#error] Traceback (most recent call last):
+T [stderr#error]   File "twisted/internet/tcp.py", line 1434, in startListening
+T [stderr#error] OSError: [Errno 98] Address already in use
+T [stderr#error] During handling of the above exception, another exception occurred:
+T [stderr#error] Traceback (most recent call last):
+T [stderr#error]     raise CannotListenError(self.interface, self.port, le)
+T [stderr#error] twisted.internet.error.CannotListenError: Couldn't listen on 127.0.0.1:4: \
+[Errno 98] Address already in use.
+"""
+
+
+def test_only_an_expected_bind_error_may_leave_a_traceback(tmp_path: Path) -> None:
+    proxy = ProxyProcess([], tmp_path / "proxy")
+    proxy.workdir.mkdir()
+    proxy.log_path.write_text(_BIND_TRACEBACK)
+    assert proxy.has_unhandled_errors()  # nobody said the port would be taken
+    proxy.bind_error_expected = True
+    assert not proxy.has_unhandled_errors()
+    with proxy.log_path.open("a") as log:
+        log.write("T [ftpsproxy.control.session#critical] Unhandled Error\n")
+    assert proxy.has_unhandled_errors()  # anything else still counts
+    proxy.log_path.write_text(_BIND_TRACEBACK.replace("Address already in use.", "EACCES"))
+    assert proxy.has_unhandled_errors()  # another bind error is not a lost port race
 
 
 def test_java_client_needs_commons_net(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

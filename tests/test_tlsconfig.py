@@ -7,8 +7,8 @@ import re
 import pytest
 from OpenSSL import SSL
 
-from ftpsproxy.errors import ConfigError
-from ftpsproxy.tlsconfig import DEFAULT_CIPHERS, load_server_tls
+from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.tls.server import DEFAULT_CIPHERS, load_server_tls
 from tests.support.certs import Pki, make_pki
 
 # Forward secrecy (ephemeral (EC)DH) and an AEAD cipher; the hash after it is the PRF's.

@@ -15,11 +15,8 @@ import json
 import os
 import re
 import signal
-import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,25 +26,29 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ftpsproxy.config import PortRange, build_config
-from ftpsproxy.errors import ConfigError
-from ftpsproxy.exposition import merge_expositions
-from ftpsproxy.metrics import Metrics
-from ftpsproxy.workers import (
+from ftpsproxy.observe.exposition import merge_expositions
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.ops.worker_process import (
     RESPAWN_DELAY,
     RESPAWN_DELAY_MAX,
     WorkerJSONLineObserver,
-    WorkerSpec,
     respawn_delay,
-    split_passive_ports,
-    worker_cli,
 )
+from ftpsproxy.ops.workerspec import WorkerSpec, split_passive_ports, worker_cli
+from ftpsproxy.settings.config import PortRange, build_config
+from ftpsproxy.settings.errors import ConfigError
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
-from tests.support.clients import client_context, make_random_file, sha256_file
+from tests.support.clients import (
+    PausedDownload,
+    client_context,
+    make_random_file,
+    sha256_file,
+)
 from tests.support.ports import free_port, free_port_range
 from tests.support.proxy import ProxyProcess, process_alive, socket_inodes
+from tests.support.waiting import wait_until
 from tests.test_e2e_core import Proxied, start_proxy
 
 # -- the passive range split ----------------------------------------------------------------
@@ -219,7 +220,9 @@ def test_json_logs_keep_the_worker_of_an_event() -> None:
             "log_time": 0.0,
         }
     )
-    observer({"log_format": "master line", "log_namespace": "ftpsproxy.workers", "log_time": 0.0})
+    observer(
+        {"log_format": "master line", "log_namespace": "ftpsproxy.ops.supervisor", "log_time": 0.0}
+    )
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert (first["event"], first["session"], first["worker"]) == ("session 3 start", 3, 1)
     assert second["event"] == "master line" and "worker" not in second
@@ -236,13 +239,6 @@ def _get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout}s"
-        time.sleep(0.1)
 
 
 def _workers(proxy: ProxyProcess) -> dict[int, tuple[int, range]]:
@@ -264,7 +260,7 @@ def _start(make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki, *extra: str)
         passive_count=20,
     )  # fmt: skip
     readyz = f"http://127.0.0.1:{proxied.metrics_port}/readyz"
-    _wait(lambda: _get(readyz)[0] == 200, what="/readyz 200")
+    wait_until(lambda: _get(readyz)[0] == 200, 20, "/readyz 200")
     return proxied
 
 
@@ -334,8 +330,8 @@ def test_sessions_spread_over_both_workers_each_on_its_own_passive_slice(
     assert _get(f"http://127.0.0.1:{proxied.metrics_port}/healthz") == (200, "ok\n")
     # The workers' log events reach the master's log, marked with their worker.
     log = proxy.log_text()
-    assert re.search(r"ftpsproxy\.session#info worker=0\] session \d+ start", log)
-    assert re.search(r"ftpsproxy\.session#info worker=1\] session \d+ start", log)
+    assert re.search(r"ftpsproxy\.[a-z_.]+#info worker=0\] session \d+ start", log)
+    assert re.search(r"ftpsproxy\.[a-z_.]+#info worker=1\] session \d+ start", log)
 
 
 def test_sighup_reaches_every_worker_and_a_killed_worker_is_replaced(
@@ -355,7 +351,7 @@ def test_sighup_reaches_every_worker_and_a_killed_worker_is_replaced(
             ftp.quit()
 
     transfers(2)
-    _wait(lambda: xferlog.exists() and len(xferlog.read_text().splitlines()) == 2)
+    wait_until(lambda: xferlog.exists() and len(xferlog.read_text().splitlines()) == 2, 20)
     xferlog.rename(tmp_path / "xferlog.1")  # as logrotate does, then SIGHUP
     config_file.write_text(f'xferlog = "{xferlog}"\nmax-sessions-per-ip = 30\nworkers = 3\n')
     os.kill(proxy.pid, signal.SIGHUP)
@@ -364,13 +360,13 @@ def test_sighup_reaches_every_worker_and_a_killed_worker_is_replaced(
     proxy.wait_log(r"SIGHUP: workers changed from 2 to 3: takes effect after a restart")
     assert xferlog.exists()  # reopened by both workers
     transfers(4)
-    _wait(lambda: len(xferlog.read_text().splitlines()) == 4)
+    wait_until(lambda: len(xferlog.read_text().splitlines()) == 4, 20)
 
     victim, _ = _workers(proxy)[0]
     os.kill(victim, signal.SIGKILL)
     proxy.wait_log(rf"worker 0 \(pid {victim}\) was killed by signal 9")
-    _wait(lambda: _workers(proxy)[0][0] != victim, what="a new worker 0")
-    _wait(lambda: _get(f"http://127.0.0.1:{proxied.metrics_port}/readyz")[0] == 200)
+    wait_until(lambda: _workers(proxy)[0][0] != victim, 20, "a new worker 0")
+    wait_until(lambda: _get(f"http://127.0.0.1:{proxied.metrics_port}/readyz")[0] == 200, 20)
     assert not process_alive(victim)
     assert len(proxy.child_pids()) == 2
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -383,32 +379,33 @@ def test_sighup_reaches_every_worker_and_a_killed_worker_is_replaced(
 def test_sigterm_drains_a_running_transfer_and_leaves_no_worker(
     make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki
 ) -> None:
-    digest = make_random_file(backend.path("big.bin"), 8 * 1024 * 1024)
+    size = 8 * 1024 * 1024
+    digest = make_random_file(backend.path("big.bin"), size)
     proxied = _start(make_proxy, backend, pki, "--drain-timeout", "30")
     proxy = _proxy(proxied)
     workers = [pid for pid, _ in _workers(proxy).values()]
     ftp = proxied.ftp_tls()
     ftp.voidcmd("TYPE I")
-    conn = ftp.transfercmd("RETR big.bin")
-    received = hashlib.sha256()
     outcome: dict[str, str] = {}
 
-    def slow_reader() -> None:
-        while chunk := conn.recv(64 * 1024):  # slow: SIGTERM lands mid-transfer
-            received.update(chunk)
-            time.sleep(0.005)
-        conn.unwrap().close()
+    def final_reply() -> None:
         outcome["final"] = ftp.getresp()
 
-    reader = threading.Thread(target=slow_reader)
-    reader.start()
-    time.sleep(0.5)
+    download = PausedDownload(ftp.transfercmd("RETR big.bin"), 1024 * 1024, final_reply)
+    download.start()
+    # The signal lands mid-transfer: part of the file has arrived, not all of it.
+    received_at_signal = download.wait_paused()
+    assert 0 < received_at_signal < size
+    active = proxied.metrics()
+    assert sum(v for k, v in active.items() if k.startswith("ftpsproxy_transfers_active{")) == 1
     os.kill(proxy.pid, signal.SIGTERM)
-    reader.join(timeout=40)
-    assert not reader.is_alive()
-    assert received.hexdigest() == digest
+    # Both workers have the master's SIGTERM and drain, the transfer still paused.
+    wait_until(lambda: proxy.log_text().count("SIGTERM: draining sessions") == 2, 20)
+    download.finish(40)
+    assert download.received == size
+    assert download.digest.hexdigest() == digest
     assert outcome["final"].startswith("226")
-    _wait(lambda: not proxy.is_running(), timeout=40, what="the master's exit")
+    wait_until(lambda: not proxy.is_running(), 40, "the master's exit")
     assert proxy.returncode == 0
     assert not any(process_alive(pid) for pid in workers)
     assert "SIGTERM: stopping the workers" in proxy.log_text()
@@ -429,7 +426,7 @@ def test_json_logs_carry_the_worker_and_workers_do_not_outlive_a_killed_master(
 
     workers = [pid for pid, _ in _workers(proxy).values()]
     os.kill(proxy.pid, signal.SIGKILL)
-    _wait(lambda: not any(process_alive(pid) for pid in workers), what="the workers' exit")
+    wait_until(lambda: not any(process_alive(pid) for pid in workers), 20, "the workers' exit")
     with pytest.raises(OSError):
         ftp = ftplib.FTP_TLS(context=client_context(pki.ca_cert), timeout=5)
         ftp.connect("127.0.0.1", proxied.port)
@@ -458,7 +455,8 @@ def test_a_port_already_taken_stops_the_master_at_once(
             f"tcp:{free_port()}:interface=127.0.0.1",
             wait=False,
         )
-        _wait(lambda: not proxy.is_running(), timeout=15, what="the master's exit")
+        proxy.bind_error_expected = True  # twistd prints the CannotListenError's traceback
+        wait_until(lambda: not proxy.is_running(), timeout=15, what="the master's exit")
     assert proxy.returncode not in (0, None)
     assert "Address already in use" in proxy.log_text()
     assert "worker 0 started" not in proxy.log_text()

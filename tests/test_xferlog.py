@@ -6,10 +6,11 @@ import io
 import time
 from pathlib import Path
 
-from ftpsproxy.xferlog import TransferRecord, format_line
+from ftpsproxy.observe.xferlog import TransferRecord, format_line
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
+from tests.support.waiting import wait_until
 from tests.test_e2e_core import start_proxy
 
 
@@ -53,9 +54,7 @@ def test_proxy_writes_one_line_per_file_transfer(
     ftp.storbinary("STOR up.bin", io.BytesIO(b"u" * 700))
     ftp.nlst()  # listings are not file transfers
     ftp.quit()
-    deadline = time.monotonic() + 10
-    while len(xferlog.read_text().splitlines()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(xferlog.read_text().splitlines()) >= 2, 10, "2 xferlog lines")
     lines = [line.split(" ") for line in xferlog.read_text().splitlines()]
     assert [(f[7], f[8], f[9], f[11], f[13], f[-1]) for f in lines] == [
         ("5000", "down.bin", "b", "o", "demo", "c"),

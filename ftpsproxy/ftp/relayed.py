@@ -66,3 +66,28 @@ class AddressMask:
 
     def _replace(self, match: re.Match[bytes]) -> bytes:
         return self._outside[match.group(1).lower()]
+
+
+def client_view(
+    *,
+    backend_address: str,
+    backend_name: str,
+    proxy_inside: str,
+    proxy_outside: str,
+    client: str,
+) -> AddressMask:
+    """The mask for one session: the backend's address (and its configured name, if not an
+    address) reads as the proxy's outside address, the proxy's own address on the
+    backend's network as the client's address: what the client sees of the same link."""
+    inside = {backend_address: proxy_outside, proxy_inside: client}
+    if not _is_address(backend_name):
+        inside[backend_name] = proxy_outside
+    return AddressMask(inside)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -69,10 +69,6 @@ def make_reply(code: int, text: str | Iterable[str]) -> Reply:
     return Reply(code, (first, *middle, last))
 
 
-def reply_bytes(code: int, text: str | Iterable[str]) -> bytes:
-    return make_reply(code, text).encode()
-
-
 def _code_of(line: bytes) -> int | None:
     if len(line) >= 3 and line[:3].isdigit() and (len(line) == 3 or line[3:4] in (b" ", b"-")):
         code = int(line[:3])

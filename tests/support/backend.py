@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import selectors
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
-from tests.support._proc import REPO_ROOT, env_with_repo_path, terminate
+from tests.support._proc import REPO_ROOT, ManagedProcess, env_with_repo_path
 
 DEFAULT_USER = "demo"
 DEFAULT_PASSWORD = "s3cret-test-pw"
@@ -24,12 +22,15 @@ class BackendError(RuntimeError):
     """The backend did not start; the message carries its log."""
 
 
-class PyftpdBackend:
+class PyftpdBackend(ManagedProcess):
     """Start ``tests.support.pyftpd_server`` and know where it listens.
 
     ``port=0`` (the default) lets the server bind a free port itself and report it,
     so there is no window between choosing a port and binding it.
     """
+
+    name = "pyftpd"
+    stop_grace = STOP_GRACE
 
     def __init__(
         self,
@@ -62,10 +63,12 @@ class PyftpdBackend:
         self.passive_ports = passive_ports
         self.banner = banner
         self.extra_args = list(extra_args)
-        self.log_path = log_path or self.root.with_name(self.root.name + ".pyftpd.log")
+        super().__init__(log_path or self.root.with_name(self.root.name + ".pyftpd.log"))
         self.ready_timeout = ready_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.output_path
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -105,16 +108,7 @@ class PyftpdBackend:
         if self._proc is not None:
             raise RuntimeError("backend already started")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # closed in stop()
-        self._proc = subprocess.Popen(
-            self.command(),
-            cwd=REPO_ROOT,
-            env=env_with_repo_path(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-        )
+        self._launch(self.command(), cwd=REPO_ROOT, env=env_with_repo_path(), pipe_stdout=True)
         try:
             self.port = self._wait_ready()
         except BaseException:
@@ -150,41 +144,6 @@ class PyftpdBackend:
             raise BackendError(f"unexpected first line from pyftpd: {line!r}")
         return int(line[1])
 
-    def stop(self) -> int | None:
-        """SIGTERM by PID, SIGKILL after 5 s; returns the exit code (None if never started)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        code = terminate(proc, STOP_GRACE)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- facts ---------------------------------------------------------------------
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError("backend not started")
-        return self._proc.pid
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     @property
     def url(self) -> str:
         """``ftp://HOST:PORT`` (``ftps://`` when implicit), IPv6 hosts bracketed."""
@@ -199,9 +158,3 @@ class PyftpdBackend:
     def path(self, name: str) -> Path:
         """A file in the served root (what the backend really stored)."""
         return self.root / name
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""

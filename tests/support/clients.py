@@ -11,11 +11,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
-import pytest
+from tests.support.ci import unavailable
 
 _CHUNK = 1024 * 1024
 
@@ -104,25 +104,74 @@ class ImplicitReusingFTP_TLS(ImplicitFTP_TLS, ReusingFTP_TLS):
     """Implicit FTPS that also resumes the TLS session on data connections."""
 
 
+class PausedDownload(threading.Thread):
+    """Reads a download's data connection in a thread, and stops after *pause_at* bytes.
+
+    It waits there until :meth:`resume`, so a test can act (send SIGTERM, say) while the
+    transfer is certainly still running, with :attr:`received` bytes delivered and the
+    rest not; then it reads to the end, closes the TLS layer and calls *after* (which
+    reads the final replies). Any exception is kept in :attr:`error`.
+    """
+
+    def __init__(
+        self, conn: socket.socket, pause_at: int, after: Callable[[], None] = lambda: None
+    ) -> None:
+        super().__init__(daemon=True)
+        self.conn = conn
+        self.pause_at = pause_at
+        self.after = after
+        self.received = 0
+        self.digest = hashlib.sha256()
+        self.error: BaseException | None = None
+        #: Set when *pause_at* bytes have arrived (or the thread failed before).
+        self.paused = threading.Event()
+        self._go_on = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while chunk := self.conn.recv(64 * 1024):
+                self.digest.update(chunk)
+                self.received += len(chunk)
+                if not self.paused.is_set() and self.received >= self.pause_at:
+                    self.paused.set()
+                    if not self._go_on.wait(120):
+                        raise TimeoutError("never resumed")
+            if isinstance(self.conn, ssl.SSLSocket):
+                self.conn = self.conn.unwrap()
+            self.conn.close()
+            self.after()
+        except BaseException as error:
+            self.error = error
+        finally:
+            self.paused.set()
+
+    def wait_paused(self, timeout: float = 30) -> int:
+        """Block until the pause; the bytes received by then (fails if the thread did)."""
+        assert self.paused.wait(timeout), f"not {self.pause_at} bytes within {timeout} s"
+        assert self.error is None, f"the download failed: {self.error!r}"
+        return self.received
+
+    def resume(self) -> None:
+        self._go_on.set()
+
+    def finish(self, timeout: float = 60) -> None:
+        """Resume if paused, wait for the end; re-raises what went wrong in the thread."""
+        self.resume()
+        self.join(timeout)
+        assert not self.is_alive(), f"the download did not end within {timeout} s"
+        if self.error is not None:
+            raise self.error
+
+
 # -- command-line clients ------------------------------------------------------------
 
 
 def require_tool(name: str) -> str:
-    """Path of ``name``; skip the test without it, but fail under CI=true.
-
-    CI installs every tool, so a missing one there is a broken setup, not a skip.
-    """
+    """Path of ``name``; skip the test without it, but fail under CI=true (:mod:`.ci`)."""
     path = shutil.which(name)
     if path is None:
         unavailable(f"required tool {name!r} not found on PATH")
     return path
-
-
-def unavailable(message: str) -> NoReturn:
-    """Skip the test for a missing tool or file, but fail it under CI=true."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def run_curl(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -281,18 +281,6 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_until(
-    condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition"
-) -> float:
-    """Poll *condition* every 50 ms; the seconds it took, or AssertionError after *timeout*."""
-    started = time.monotonic()
-    deadline = started + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(_TICK)
-    return time.monotonic() - started
-
-
 def port_is_closed(port: int, host: str = "127.0.0.1") -> bool:
     """Nobody listens on *host*:*port* (a connection attempt is refused)."""
     try:

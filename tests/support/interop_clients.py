@@ -2,7 +2,7 @@
 
 Both are Debian packages that ``tests/run.sh`` installs: ``rclone``, and
 ``libcommons-net-java`` with a JDK (``default-jdk-headless``) for ``javac``/``java``.
-Without them the tests skip, or fail under CI=true (:func:`clients.unavailable`).
+Without them the tests skip, or fail under CI=true (:func:`ci.unavailable`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from tests.support.clients import require_tool, unavailable
+from tests.support.ci import unavailable
+from tests.support.clients import require_tool
 
 #: FTP connection modes of the frontend both clients speak.
 MODES: Final = ("plain", "explicit", "implicit")

@@ -63,3 +63,13 @@ def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
         if all(_can_bind(port, host) for port in range(base, base + count)):
             return base, base + count - 1
     raise RuntimeError(f"no {count} contiguous free ports on {host} after {_MAX_TRIES} tries")
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can bind ``::1`` (containers often have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -7,26 +7,37 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
-from tests.support._proc import env_with_repo_path, terminate
+from tests.support._proc import ManagedProcess, env_with_repo_path
+from tests.support.waiting import wait_until
 
 LISTEN_TIMEOUT = 15.0
 STOP_GRACE = 10.0
 #: twistd re-raises the signal it stopped on, so a clean SIGTERM shutdown exits with -15.
 CLEAN_EXIT_CODES = (0, -signal.SIGTERM)
-_POLL = 0.05
 _TCP_LISTEN = "0A"
+#: The traceback twistd prints when a listening port is taken: the lines from the first
+#: "Traceback" to the CannotListenError, all of them the process's stderr.
+_BIND_ERROR = re.compile(
+    r"^\S+ \[stderr#error\] Traceback \(most recent call last\):\n"
+    r"(?:\S+ \[stderr#error\] .*\n)*?"
+    r"\S+ \[stderr#error\] twisted\.internet\.error\.CannotListenError: "
+    r".*Address already in use.*$",
+    re.MULTILINE,
+)
 
 
 class ProxyError(RuntimeError):
     """The proxy died or did not come up; the message carries its log."""
+
+    def __init__(self, message: str, proxy: ProxyProcess) -> None:
+        super().__init__(message)
+        #: The process that failed (``start_proxy`` marks one that lost a port race).
+        self.proxy = proxy
 
 
 def twistd_command() -> list[str]:
@@ -90,12 +101,15 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-class ProxyProcess:
+class ProxyProcess(ManagedProcess):
     """``twistd -n ftpsproxy ARGS`` in ``workdir``, with its output in ``workdir/proxy.log``.
 
     PYTHONPATH starts with the repository root so twistd finds the plugin in the
     checkout's ``twisted/plugins`` without installing the project.
     """
+
+    name = "proxy"
+    stop_grace = STOP_GRACE
 
     def __init__(
         self,
@@ -109,9 +123,16 @@ class ProxyProcess:
         self.workdir = Path(workdir)
         self.extra_env = dict(env or {})
         self.plugin = plugin
-        self.log_path = self.workdir / "proxy.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__(self.workdir / "proxy.log")
+        #: Set where a failure to bind is the point: by ``start_proxy`` on a start that
+        #: lost a port race (another process took a chosen port first) and is retried
+        #: with other ports, or by a test that takes a port on purpose. twistd prints the
+        #: bind error's traceback, which the log check in conftest then accepts.
+        self.bind_error_expected = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.output_path
 
     def command(self) -> list[str]:
         return [
@@ -128,26 +149,20 @@ class ProxyProcess:
         if self._proc is not None:
             raise RuntimeError("proxy already started")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # closed in stop()
-        self._proc = subprocess.Popen(
-            self.command(),
-            cwd=self.workdir,
-            env=env_with_repo_path(self.extra_env),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self._launch(self.command(), cwd=self.workdir, env=env_with_repo_path(self.extra_env))
         return self
 
     # -- waiting -------------------------------------------------------------------
 
+    def _error(self, what: str) -> ProxyError:
+        return ProxyError(
+            f"{what}\ncommand: {self.command()}\n--- proxy log ---\n{self.log_text()}", self
+        )
+
     def _check_alive(self, what: str) -> None:
         proc = self._require_proc()
         if proc.poll() is not None:
-            raise ProxyError(
-                f"proxy exited with {proc.returncode} {what}\n"
-                f"command: {self.command()}\n--- proxy log ---\n{self.log_text()}"
-            )
+            raise self._error(f"proxy exited with {proc.returncode} {what}")
 
     def is_listening(self, port: int, host: str = "127.0.0.1") -> bool:
         """Whether *this* process has a listening socket on ``port``.
@@ -192,86 +207,51 @@ class ProxyProcess:
         installed), so a following ``stop()`` is a clean shutdown.
         """
         pending = list(ports)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def ready() -> bool:
+            nonlocal pending
             self._check_alive("while waiting for it to listen")
             pending = [p for p in pending if not self.is_listening(p, host)]
-            if not pending and (not running or self.handles_sigterm()):
-                return
-            if time.monotonic() >= deadline:
-                what = f"listening on {pending}" if pending else "handling SIGTERM"
-                raise ProxyError(
-                    f"proxy not {what} after {timeout}s\n"
-                    f"command: {self.command()}\n--- proxy log ---\n{self.log_text()}"
-                )
-            time.sleep(_POLL)
+            return not pending and (not running or self.handles_sigterm())
+
+        def not_ready() -> ProxyError:
+            what = f"listening on {pending}" if pending else "handling SIGTERM"
+            return self._error(f"proxy not {what} after {timeout}s")
+
+        wait_until(ready, timeout, error=not_ready)
 
     def wait_log(self, pattern: str, timeout: float = LISTEN_TIMEOUT) -> re.Match[str]:
         """Block until the log matches the regex ``pattern``; raise if the proxy died."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
+        found: list[re.Match[str]] = []
+
+        def logged() -> bool:
             match = regex.search(self.log_text())
             if match:
-                return match
+                found.append(match)
+                return True
             self._check_alive(f"while waiting for log /{pattern}/")
-            if time.monotonic() >= deadline:
-                raise ProxyError(
-                    f"no /{pattern}/ in proxy log after {timeout}s\n"
-                    f"--- proxy log ---\n{self.log_text()}"
-                )
-            time.sleep(_POLL)
+            return False
 
-    # -- stopping ------------------------------------------------------------------
-
-    def stop(self, grace: float = STOP_GRACE) -> int | None:
-        """SIGTERM by PID, SIGKILL after ``grace`` s; returns the exit code (None if unstarted).
-
-        A clean shutdown gives one of ``CLEAN_EXIT_CODES``; -9 means it had to be killed.
-        """
-        proc = self._proc
-        if proc is None:
-            return None
-        code = terminate(proc, grace)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        wait_until(
+            logged,
+            timeout,
+            error=lambda: self._error(f"no /{pattern}/ in proxy log after {timeout}s"),
+        )
+        return found[0]
 
     # -- facts ---------------------------------------------------------------------
 
-    def _require_proc(self) -> subprocess.Popen[bytes]:
-        if self._proc is None:
-            raise RuntimeError("proxy not started")
-        return self._proc
+    def has_unhandled_errors(self) -> bool:
+        """Whether the log shows a traceback or an unhandled error.
 
-    @property
-    def pid(self) -> int:
-        return self._require_proc().pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._require_proc().poll()
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        With ``bind_error_expected`` the one traceback of a port already in use does
+        not count; any other still does.
+        """
+        log = self.log_text()
+        if self.bind_error_expected:
+            log = _BIND_ERROR.sub("", log, count=1)
+        return "Traceback" in log or "Unhandled Error" in log
 
     def fd_count(self) -> int:
         """Open file descriptors of the proxy (leak checks)."""

@@ -51,15 +51,14 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, ClassVar, Final, Protocol, Self
+from typing import ClassVar, Final, Protocol, Self
 
-import pytest
-
-from tests.support._proc import REPO_ROOT, terminate
+from tests.support._proc import REPO_ROOT, ManagedProcess
 from tests.support.certs import Pki
+from tests.support.ci import unavailable
 from tests.support.clients import make_random_file
 from tests.support.ports import free_port, free_port_range
+from tests.support.waiting import wait_until
 
 #: Every kind of backend the interop tests can parametrize over.
 SERVER_KINDS: Final[tuple[str, ...]] = ("pyftpdlib", "vsftpd", "proftpd", "pure-ftpd")
@@ -174,11 +173,8 @@ def unavailable_reason(kind: str) -> str | None:
 def require_server(kind: str) -> None:
     """Skip the test when ``kind`` cannot run here; fail instead under CI=true."""
     reason = unavailable_reason(kind)
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    if reason is not None:
+        unavailable(reason)
 
 
 @functools.cache
@@ -358,7 +354,7 @@ def _openssl_conf(path: Path, *, tls13: bool) -> Path:
 # -- the launchers ----------------------------------------------------------------------
 
 
-class RealFtpServer:
+class RealFtpServer(ManagedProcess):
     """Common life cycle of the real servers; subclasses write configs and argv.
 
     ``workdir`` gets the configuration, logs and pid files. The served ``root`` (owned by
@@ -371,6 +367,7 @@ class RealFtpServer:
     supports_reuse_requirement: ClassVar[bool] = True
     #: Size of the passive port range chosen when none is given.
     passive_port_count: ClassVar[int] = 32
+    stop_grace = STOP_GRACE
 
     def __init__(
         self,
@@ -413,10 +410,8 @@ class RealFtpServer:
         self.port = port
         self._fixed_passive = passive_ports
         self.passive_ports: tuple[int, int] = passive_ports or (0, 0)
-        #: stdout and stderr of the server process.
-        self.output_path = self.workdir / f"{self.kind}.out"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._output: IO[bytes] | None = None
+        super().__init__(self.workdir / f"{self.kind}.out")  # its stdout and stderr
+        self.name = self.kind
         self._uid = -1
         self._gid = -1
 
@@ -509,38 +504,29 @@ class RealFtpServer:
     def _spawn(self) -> None:
         with open(self.output_path, "ab") as out:
             out.write(f"--- start: {' '.join(self.command())}\n".encode())
-        self._output = open(self.output_path, "ab")  # closed in stop()
-        self._proc = subprocess.Popen(
-            self.command(),
-            cwd=self.workdir,
-            env=self._environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._launch(self.command(), cwd=self.workdir, env=self._environment(), new_session=True)
 
     def _wait_ready(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
+        proc = self._require_proc()
+
+        def listening() -> bool:
             code = proc.poll()
             if code is not None:
                 raise ServerError(
                     f"{self.kind} exited with {code} before listening on port {self.port}:\n"
                     f"{self.log_text()}"
                 )
-            if _listening(self.port):
-                return
-            if time.monotonic() > deadline:
-                raise ServerError(
-                    f"{self.kind} not listening on port {self.port} after "
-                    f"{self.ready_timeout}s:\n{self.log_text()}"
-                )
-            time.sleep(_POLL)
+            return _listening(self.port)
 
-    def stop(self) -> int | None:
+        def late() -> ServerError:
+            return ServerError(
+                f"{self.kind} not listening on port {self.port} after "
+                f"{self.ready_timeout}s:\n{self.log_text()}"
+            )
+
+        wait_until(listening, self.ready_timeout, interval=_POLL, error=late)
+
+    def stop(self, grace: float | None = None) -> int | None:
         """SIGTERM by PID (then SIGKILL), and the same for the sessions it forked.
 
         Returns the server's exit code (None if never started). Idempotent.
@@ -553,40 +539,15 @@ class RealFtpServer:
             if _process_start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-        code = terminate(proc, STOP_GRACE)
-        deadline = time.monotonic() + STOP_GRACE
+        code = super().stop(grace)
+        deadline = time.monotonic() + self.stop_grace
         for pid, started in sessions:
             while _process_start_time(pid) == started and time.monotonic() < deadline:
                 time.sleep(_POLL)
             if _process_start_time(pid) == started:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        if self._output is not None:
-            self._output.close()
-            self._output = None
         return code
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    # -- facts -------------------------------------------------------------------------
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise RuntimeError(f"{self.kind} not started")
-        return self._proc.pid
-
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def url(self) -> str:

@@ -1,0 +1,1 @@
+"""Control connections: the client-facing protocol, the session, logins, the backend client."""

@@ -1,0 +1,240 @@
+"""Logging in: USER opens the backend session, USER/PASS/ACCT are relayed, and a refused
+password is paid for.
+
+Every ``530`` is answered late (``--login-failure-delay``); failures and passwords still
+at the backend count per client address across all its sessions (:class:`LoginGuard`),
+so parallel sessions do not multiply guesses; an address past the limit is locked out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
+
+from ftpsproxy.control.backend import BackendControl, BackendSetupError, BackendTLSError
+from ftpsproxy.control.context import LOCKED_OUT, ProxyContext
+from ftpsproxy.control.links import ClientLink, SessionCore
+from ftpsproxy.control.states import State
+from ftpsproxy.ftp.lines import Command
+from ftpsproxy.ftp.replies import Reply
+from ftpsproxy.net.timers import cancel_call
+
+
+class LoginHost(SessionCore, Protocol):
+    """What logging in needs of the session beyond :class:`SessionCore`."""
+
+    state: State
+    user: str | None
+
+    def goto(self, state: State) -> None: ...
+
+    def hold(self) -> None:
+        """Mark a command as in flight without a backend request (commands wait)."""
+
+    def attach_backend(self, backend: BackendControl) -> None: ...
+
+
+def printable(text: str) -> str:
+    """A user name fit for a log line: no control characters, bounded length."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:128]
+
+
+class Login:
+    """The login part of one session."""
+
+    def __init__(self, session: LoginHost, context: ProxyContext, client: ClientLink) -> None:
+        self._session = session
+        self._context = context
+        self._client = client
+        self._virtual_host: Command | None = None
+        self._connect_started = 0.0
+        self._guess_in_flight = False  # our PASS is at the backend, counted by the guard
+        self._waiter: Callable[[], None] | None = None  # our PASS waits for a place
+        self.penalty_timer: IDelayedCall | None = None  # a failed login's late answer
+
+    def _now(self) -> float:
+        return float(self._context.reactor.seconds())
+
+    def tls_refused(self) -> bool:
+        return self._context.config.require_tls and not self._client.tls_active
+
+    # -- commands before login --------------------------------------------------------------
+
+    def host(self, command: Command) -> None:
+        """RFC 7151: the virtual host, before USER; passed on to the backend before USER."""
+        if self._session.state is not State.AWAITING_USER:
+            self._session.reply(503, "HOST must come before USER.")
+        elif not command.has_argument:
+            self._session.reply(501, "HOST needs a host name.")
+        else:
+            self._virtual_host = command
+            self._session.reply(220, "HOST accepted.")
+
+    def user(self, command: Command) -> None:
+        session = self._session
+        if self.tls_refused():
+            session.reply(530, "TLS required: use AUTH TLS before logging in.")
+            return
+        if not command.has_argument:
+            session.reply(501, "USER needs a user name.")
+            return
+        session.user = printable(command.text())
+        if self._context.config.client_certificate_user_match:
+            if command.text() not in (self._client.certificate_names or []):
+                self._context.events.certificate_mismatch(session.id, session.user)
+                session.reply(530, "User name does not match the client certificate.")
+                return
+        if session.state is State.LOGGING_IN:
+            self.relay(command)
+            return
+        session.goto(State.CONNECTING)
+        session.hold()
+        self._connect_started = self._now()
+        self._context.backend.control().addCallbacks(
+            lambda backend: self._backend_ready(backend, command), self._backend_failed
+        )
+
+    def password(self, command: Command) -> None:
+        if self._session.state is State.AWAITING_USER:
+            self._session.reply(503, "Login with USER first.")
+        elif self.tls_refused():
+            self._session.reply(530, "TLS required: use AUTH TLS before logging in.")
+        else:
+            self.relay(command)
+
+    # -- the backend session ----------------------------------------------------------------
+
+    def _backend_ready(self, backend: BackendControl, user: Command) -> None:
+        self._context.events.backend_connected(
+            self._now() - self._connect_started, backend.tls_version
+        )
+        if self._session.state is State.CLOSED:
+            backend.close()
+            return
+        self._session.attach_backend(backend)
+        self._session.goto(State.LOGGING_IN)
+        if self._virtual_host is not None:
+            # Backends without HOST answer 500/502: the login goes on regardless.
+            self._session.request(self._virtual_host.encode(), lambda reply: self.relay(user))
+            return
+        self.relay(user)
+
+    def _backend_failed(self, reason: Failure) -> None:
+        error = reason.value
+        tls_kind = None
+        if isinstance(error, BackendTLSError):
+            why = f"backend TLS failed: {error}"
+            text = "Service not available: TLS to the backend server failed."
+            result, tls_kind = "tls", error.kind
+        elif isinstance(error, BackendSetupError):
+            why = f"backend refused the session: {error}"
+            text = "Service not available: the backend server refused the session."
+            result = error.kind
+        else:
+            why = f"backend unreachable: {reason.getErrorMessage()}"
+            text = "Service not available: the backend server cannot be reached."
+            result = "unreachable"
+        self._context.events.backend_failed(self._session.id, result, why, tls_kind)
+        self._session.close(421, text)
+
+    # -- relaying USER, PASS, ACCT ----------------------------------------------------------
+
+    def relay(self, command: Command) -> None:
+        """Like the session's relay, but a refused login is paid for.
+
+        An address locked out meanwhile (by its other sessions) may not go on guessing
+        here.  A password goes to the backend only while the address has fewer than the
+        allowed failures plus guesses under way (in all its sessions); otherwise it waits.
+        """
+        guard = self._context.login_guard
+        host = self._client.peer_host
+        if guard.locked(host, self._now()):
+            self._session.close(421, LOCKED_OUT)
+            return
+        guess = command.verb == "PASS"
+        if guess and not guard.try_begin(host, self._now()):
+            self._session.hold()  # pipelined commands wait behind the password
+            self._waiter = lambda: self._turn(command)
+            guard.wait(host, self._waiter)
+            return
+        self._guess_in_flight = guess
+
+        def handler(reply: Reply) -> None:
+            if reply.is_preliminary:
+                self._session.send(reply)
+                return
+            locked = self._answered(failed=reply.code == 530)
+            if reply.code == 530:
+                self._failed(reply, locked)
+                return
+            self._session.send(reply)
+            if reply.code in (230, 202):
+                self._succeeded()
+            self._session.done()
+
+        self._session.request(command.encode(), handler)
+
+    def _turn(self, command: Command) -> None:
+        """Another session's guess was answered: this session's password may go now."""
+        self._waiter = None
+        if self._session.state is not State.CLOSED:
+            self.relay(command)
+
+    def _answered(self, *, failed: bool) -> bool:
+        """Free this session's place among its address's guesses; True when now locked out.
+
+        The sessions that were waiting for a place try again in a later turn of the
+        reactor, not inside this session's reply handler.
+        """
+        guard, host, now = self._context.login_guard, self._client.peer_host, self._now()
+        if not self._guess_in_flight:  # a 530 to USER or ACCT
+            return guard.failed(host, now) if failed else False
+        self._guess_in_flight = False
+        locked, woken = guard.finish(host, now, failed=failed)
+        for waiter in woken:
+            self._context.reactor.callLater(0, waiter)
+        return locked
+
+    def _succeeded(self) -> None:
+        self._context.events.login(ok=True)
+        if self._session.state is State.LOGGING_IN:
+            self._session.goto(State.READY)
+
+    def _failed(self, reply: Reply, locked: bool) -> None:
+        """Answer late; lock out past the limit.  The session stays busy meanwhile, so
+        pipelined guesses wait their turn too."""
+        config = self._context.config
+        self._context.events.login(ok=False)
+        if locked:
+            self._context.events.locked_out(
+                self._session.id,
+                self._client.peer_host,
+                config.login_lockout,
+                config.max_login_failures,
+            )
+
+        def answer() -> None:
+            self.penalty_timer = None
+            self._session.send(reply)
+            if locked:
+                self._session.close(421, LOCKED_OUT)
+            else:
+                self._session.done()
+
+        if config.login_failure_delay > 0:
+            self.penalty_timer = self._context.reactor.callLater(config.login_failure_delay, answer)
+        else:
+            answer()
+
+    def end(self) -> None:
+        """The session ends: give up a place in line, and count a password left at the
+        backend as failed (we will never know how it went)."""
+        cancel_call(self.penalty_timer)
+        if self._waiter is not None:
+            self._context.login_guard.cancel(self._client.peer_host, self._waiter)
+            self._waiter = None
+        if self._guess_in_flight:
+            self._answered(failed=True)

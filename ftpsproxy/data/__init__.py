@@ -1,0 +1,1 @@
+"""Data connections: passive ports, the listeners, the relay of one transfer, splice."""

@@ -1,0 +1,1 @@
+"""Connection plumbing shared by control and data connections: socket tuning, bounded closes."""

@@ -1,0 +1,1 @@
+"""Reporting: metrics, their exposition and HTTP endpoints, logs, the transfer log."""

@@ -1,0 +1,207 @@
+"""The running proxy as a Twisted service: listeners, the metrics site, shared state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from ftpsproxy.control.backend import BackendConnector
+from ftpsproxy.control.context import ProxyContext
+from ftpsproxy.control.frontend import frontend_factory
+from ftpsproxy.control.health import BackendHealth
+from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.net.twisted_internals import listener_bound, raise_listen_errors_at_start
+from ftpsproxy.observe.http import metrics_site
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.observe.xferlog import XferLog
+from ftpsproxy.ops.process import ProcessService
+from ftpsproxy.settings.config import Config, ConfigChange
+from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.values import DataProtection
+from ftpsproxy.tls.backend import BackendTLSSettings
+from ftpsproxy.tls.server import ReloadableServerTLS, ServerTLS, load_server_tls
+
+log = Logger()
+
+
+def parse_endpoint(reactor: Any, option: str, description: str) -> Any:
+    """The server endpoint *description* names, or a ConfigError naming *option*."""
+    try:
+        return serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"{option}: {description!r} is not an endpoint: {error}") from error
+
+
+class ProxyService(ProcessService):
+    """Owns the listeners; ``context`` is what every session shares."""
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        reread_config: Callable[[], Config] | None = None,
+        endpoints: Mapping[tuple[str, str], Any] | None = None,
+    ) -> None:
+        super().__init__(config, reactor, reread_config)
+        # (option, description) -> an endpoint to use instead of parsing the description:
+        # a worker's listeners are sockets the master bound (ftpsproxy.ops.worker_main).
+        self._endpoints = dict(endpoints or {})
+        server_tls = None
+        if config.tls_enabled:
+            server_tls = ReloadableServerTLS(self._load_server_tls())
+        backend_tls = None
+        if config.backend.scheme != "ftp":
+            backend_tls = BackendTLSSettings(
+                server_name=config.backend_server_name or config.backend.host,
+                ca_file=config.backend_ca,
+                insecure=config.backend_insecure,
+                client_certificate=config.backend_client_certificate,
+                client_key=config.backend_client_key,
+                maximum_version=config.backend_tls_max_version,
+            )
+            backend_tls.validate()
+            if config.backend_insecure:
+                log.warn("backend certificate verification is OFF (--backend-insecure)")
+        metrics = Metrics()
+        ports = config.passive_ports
+        metrics.passive_ports_capacity.set(ports.size)
+        self.context = ProxyContext(
+            reactor=reactor,
+            config=config,
+            metrics=metrics,
+            allocator=PortAllocator(ports.low, ports.high, config.passive_share),
+            server_tls=server_tls,
+            backend=BackendConnector(
+                reactor,
+                config.backend,
+                config.backend_connect_timeout,
+                backend_tls,
+                protect_data=config.backend_data_protection == DataProtection.PRIVATE,
+            ),
+        )
+        self._listeners: list[StreamServerEndpointService] = []
+        for description in config.listen:
+            self._add_listener(reactor, description, implicit=False)
+        for description in config.listen_implicit:
+            self._add_listener(reactor, description, implicit=True)
+        if config.xferlog is not None:
+            try:
+                self.context.xferlog = XferLog(config.xferlog)
+            except OSError as error:
+                raise ConfigError(f"xferlog {config.xferlog}: {error.strerror}") from error
+        self.health = BackendHealth(self.context.backend, metrics, config.health_interval)
+        if config.metrics:
+            site = metrics_site(metrics, self._ready_problem)
+            self._add(reactor, "metrics", config.metrics, site)
+
+    def _load_server_tls(self) -> ServerTLS:
+        config = self.config
+        assert config.certificate is not None and config.private_key is not None
+        return load_server_tls(
+            config.certificate,
+            config.private_key,
+            minimum_version=config.tls_minimum_version,
+            ciphers=config.tls_ciphers,
+            client_ca=config.client_ca,
+            client_certificate=config.client_certificate,
+        )
+
+    def reload(self) -> None:
+        """SIGHUP: reopen the xferlog, re-read the configuration, reload the certificate.
+
+        Changes that are safe while running (limits, timeouts, TLS files) apply to new
+        sessions; the others are logged and wait for a restart.  A file that no longer
+        parses changes nothing.
+        """
+        if self.context.xferlog is not None:
+            self.context.xferlog.reopen()  # after rotation by logrotate
+        change = self._reload_config()
+        if change is not None:
+            self._apply(change)
+        self.reload_tls()
+
+    def _apply(self, change: ConfigChange) -> None:
+        """Hand the new values to what the sessions share."""
+        self.context.config = change.config
+        guard = self.context.login_guard
+        guard.max_failures = change.config.max_login_failures
+        guard.lockout = change.config.login_lockout
+        self.context.allocator.set_share(change.config.passive_share)
+
+    def reload_tls(self) -> bool:
+        """Load the certificate and key again (SIGHUP); on failure keep the old ones."""
+        if self.context.server_tls is None:
+            return True
+        try:
+            fresh = self._load_server_tls()
+        except ConfigError as error:
+            log.error("TLS reload failed, keeping the current certificate: {error}", error=error)
+            return False
+        self.context.server_tls.current = fresh
+        log.info("TLS certificate reloaded from {path}", path=fresh.description)
+        return True
+
+    def startService(self) -> None:
+        super().startService()
+        reactor = self.context.reactor
+        reactor.callWhenRunning(self.health.start, reactor)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop listening, let running commands and transfers finish, then close the rest."""
+        self.health.stop()
+        return super().stopService().addCallback(lambda _: self._drain())
+
+    def _drain(self) -> Deferred[None]:
+        sessions = self.context.open_sessions
+        for session in list(sessions):
+            session.drain()
+        reactor = self.context.reactor
+        deadline = reactor.seconds() + self.config.drain_timeout
+        drained: Deferred[None] = Deferred()
+
+        def check() -> None:
+            if sessions and reactor.seconds() < deadline:
+                reactor.callLater(0.1, check)
+                return
+            for session in list(sessions):
+                session.force_close()
+            # Let the final replies and TLS close_notify go out before the reactor stops.
+            reactor.callLater(0.2, drained.callback, None)
+
+        check()
+        return drained
+
+    def _endpoint(self, reactor: Any, option: str, description: str) -> Any:
+        if (option, description) in self._endpoints:
+            return self._endpoints[option, description]
+        return parse_endpoint(reactor, option, description)
+
+    def _add_listener(self, reactor: Any, description: str, *, implicit: bool) -> None:
+        option = "listen-implicit" if implicit else "listen"
+        factory = frontend_factory(self.context, description, implicit=implicit)
+        self._listeners.append(self._add(reactor, option, description, factory))
+
+    def _add(
+        self, reactor: Any, option: str, description: str, factory: Any
+    ) -> StreamServerEndpointService:
+        endpoint = self._endpoint(reactor, option, description)
+        service = StreamServerEndpointService(endpoint, factory)
+        # A port that cannot be bound stops the process instead of running half-configured.
+        raise_listen_errors_at_start(service)
+        service.setServiceParent(self)
+        return service
+
+    def _ready_problem(self) -> str | None:
+        if self.health.up is False:
+            return f"backend {self.config.backend.url} unreachable"
+        if self.health.up is None:
+            return "backend not probed yet"
+        for listener in self._listeners:
+            if not listener_bound(listener):
+                return "listeners not bound yet"
+        return None

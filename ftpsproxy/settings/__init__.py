@@ -1,0 +1,1 @@
+"""Settings: the configuration values every layer reads, and their errors."""

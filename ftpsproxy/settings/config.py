@@ -1,0 +1,137 @@
+"""Configuration: TOML file and command-line options merged into one frozen, validated Config.
+
+Command-line options win over the file.  Keys in the file are the long option
+names (``passive-ports = "41000-41019"``); errors name the offending key.  What
+each option is, and whether SIGHUP may change it, is declared once in
+``ftpsproxy.settings.options``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.options import FILE_OPTIONS, RELOADABLE, Config
+from ftpsproxy.settings.values import (
+    BackendAddress,
+    ClientCertificates,
+    PortRange,
+    default_share,
+    parse_backend_url,
+    parse_port_range,
+)
+
+# The settings' values are imported from here by the rest of the package.
+__all__ = [
+    "BackendAddress",
+    "Config",
+    "ConfigChange",
+    "PortRange",
+    "build_config",
+    "default_share",
+    "load_toml",
+    "parse_backend_url",
+    "parse_port_range",
+    "reload_config",
+]
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"config {path}: cannot read: {error.strerror}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config {path}: {error}") from error
+    unknown = sorted(set(data) - set(FILE_OPTIONS))
+    if unknown:
+        raise ConfigError(f"config {path}: unknown key {unknown[0]!r}")
+    return data
+
+
+def _given(value: object) -> bool:
+    """A command-line value that was given: not None, and not an empty list."""
+    return value is not None and value != []
+
+
+def build_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> Config:
+    """Merge file and command-line values (command line wins) and validate them together."""
+    fields: dict[str, Any] = {}
+    for key, option in FILE_OPTIONS.items():
+        if _given(cli_values.get(key)):
+            fields[option.field] = option.kind.from_command_line(key, cli_values[key])
+        elif file_values.get(key) is not None:
+            fields[option.field] = option.kind.from_file(key, file_values[key])
+    if "backend" not in fields:
+        raise ConfigError("backend: required (e.g. --backend ftp://127.0.0.1:2100)")
+    config = Config(**fields)
+    _check_together(config)
+    return config
+
+
+def _check_together(config: Config) -> None:
+    """The rules that tie settings to each other; the first one broken is the error."""
+    if not config.listen and not config.listen_implicit:
+        raise ConfigError("listen: give at least one --listen or --listen-implicit endpoint")
+    if (config.certificate is None) != (config.private_key is None):
+        raise ConfigError("certificate and private-key must be given together")
+    if config.listen_implicit and not config.tls_enabled:
+        raise ConfigError("listen-implicit: needs --certificate and --private-key")
+    for key in ("require_tls", "require_session_reuse", "client_ca"):
+        if getattr(config, key) and not config.tls_enabled:
+            raise ConfigError(f"{key.replace('_', '-')}: needs --certificate and --private-key")
+    wants_certificates = config.client_certificate != ClientCertificates.NONE
+    if wants_certificates and config.client_ca is None:
+        raise ConfigError("client-certificate: needs --client-ca")
+    if config.client_certificate_user_match and not wants_certificates:
+        raise ConfigError(
+            "client-certificate-user-match: needs --client-certificate optional|required"
+        )
+    if config.backend.scheme == "ftp":
+        for key in ("backend_ca", "backend_server_name", "backend_client_certificate"):
+            if getattr(config, key) is not None:
+                raise ConfigError(
+                    f"{key.replace('_', '-')}: only for ftpes:// and ftps:// backends"
+                )
+        if config.backend_insecure:
+            raise ConfigError("backend-insecure: only for ftpes:// and ftps:// backends")
+    if config.backend_client_key is not None and config.backend_client_certificate is None:
+        raise ConfigError("backend-client-key: needs --backend-client-certificate")
+    if config.workers > config.passive_ports.size:
+        raise ConfigError(
+            f"workers: {config.workers} workers need at least as many passive ports "
+            f"(passive-ports has {config.passive_ports.size})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """What a reload found: the config to run with now, and what changed."""
+
+    config: Config
+    applied: dict[str, tuple[Any, Any]]  # field -> (old, new), now in effect
+    needs_restart: dict[str, tuple[Any, Any]]  # field -> (old, new), ignored until restart
+
+
+def reload_config(current: Config, fresh: Config) -> ConfigChange:
+    """Take from *fresh* what may change while running (``reloadable`` options); report the rest.
+
+    Turning client-facing TLS on or off always needs a restart: the listeners would change.
+    """
+    applied: dict[str, tuple[Any, Any]] = {}
+    needs_restart: dict[str, tuple[Any, Any]] = {}
+    for config_field in dataclasses.fields(Config):
+        name = config_field.name
+        old, new = getattr(current, name), getattr(fresh, name)
+        if old == new:
+            continue
+        reloadable = name in RELOADABLE and current.tls_enabled == fresh.tls_enabled
+        (applied if reloadable else needs_restart)[name] = (old, new)
+    config = dataclasses.replace(current, **{name: new for name, (_, new) in applied.items()})
+    return ConfigChange(config, applied, needs_restart)

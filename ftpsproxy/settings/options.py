@@ -1,0 +1,325 @@
+"""The option table: every setting declared once, as a field of :class:`Config`.
+
+A field's declaration carries its type, its default, its kind (how the TOML file
+and the command line spell it), its help text and whether SIGHUP may change it
+in a running proxy.  The twistd options (``ftpsproxy.ops.tap``), the TOML reader
+and the reload rules (``ftpsproxy.settings.config``) are all derived from it;
+``tests/test_options.py`` holds the README and the example file to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+from ftpsproxy.settings.kinds import (
+    BACKEND_URL,
+    COUNT,
+    COUNT_OR_ZERO,
+    DELAY,
+    ENDPOINT,
+    ENDPOINTS,
+    FLAG,
+    IPV4,
+    PATH,
+    PORT_RANGE,
+    SECONDS,
+    TEXT,
+    Kind,
+    choice,
+)
+from ftpsproxy.settings.values import (
+    BackendAddress,
+    BackendDataMode,
+    ClientCertificates,
+    DataPath,
+    DataProtection,
+    LogFormat,
+    PortRange,
+    TLSVersion,
+    default_share,
+)
+
+T = TypeVar("T")
+_OPTION = "ftpsproxy.option"  # the field metadata key
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting as the command line and the TOML file know it."""
+
+    name: str  # the long option, and the key in the file
+    kind: Kind[Any]
+    default: Any  # None: unset (or, for ``backend``, required)
+    help: str
+    reloadable: bool = False  # SIGHUP applies a new value to new sessions and commands
+    short: str | None = None
+    in_file: bool = True  # False: command line only
+
+    @property
+    def field(self) -> str:
+        """The name of the :class:`Config` field."""
+        return self.name.replace("-", "_")
+
+    @property
+    def help_text(self) -> str:
+        """The help text with the choices and the default from the table."""
+        notes: list[str] = []
+        if self.kind.choices:
+            *others, last = self.kind.choices
+            notes.append(f"{', '.join(others)} or {last}")
+        if self.default is not None and not self.kind.flag and self.default != ():
+            notes.append(f"default: {self.kind.show(self.default)}")
+        return f"{self.help} ({'; '.join(notes)})." if notes else f"{self.help}."
+
+
+@dataclass(frozen=True, slots=True)
+class _Declared:
+    """What a field's declaration says beyond its name, type and default (field metadata)."""
+
+    kind: Kind[Any]
+    help: str
+    reloadable: bool
+    short: str | None
+
+
+@overload
+def option(
+    kind: Kind[T], default: T, help: str, *, reloadable: bool = ..., short: str | None = ...
+) -> T: ...
+@overload
+def option(
+    kind: Kind[T], default: None, help: str, *, reloadable: bool = ..., short: str | None = ...
+) -> T | None: ...
+def option(
+    kind: Kind[T],
+    default: T | None,
+    help: str,
+    *,
+    reloadable: bool = False,
+    short: str | None = None,
+) -> T | None:
+    """A :class:`Config` field that is an option: its default and all the table says of it."""
+    declared = _Declared(kind, help, reloadable, short)
+    return field(default=default, metadata={_OPTION: declared})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """What a proxy process runs with, frozen and validated; one field per option."""
+
+    # -- listeners and client-facing TLS
+    listen: tuple[str, ...] = option(
+        ENDPOINTS, (), "Endpoint for plain FTP and explicit FTPS (repeatable), e.g. tcp:2121"
+    )
+    listen_implicit: tuple[str, ...] = option(
+        ENDPOINTS, (), "Endpoint for implicit FTPS (repeatable), e.g. tcp:990"
+    )
+    certificate: Path | None = option(
+        PATH, None, "PEM certificate chain for client-facing TLS", reloadable=True
+    )
+    private_key: Path | None = option(
+        PATH, None, "PEM private key for --certificate", reloadable=True
+    )
+    tls_minimum_version: TLSVersion = option(
+        choice(TLSVersion), TLSVersion.V1_2, "Lowest TLS version accepted", reloadable=True
+    )
+    tls_ciphers: str | None = option(
+        TEXT,
+        None,
+        "OpenSSL cipher string for TLS 1.2 (default: ECDHE with AES-GCM or "
+        "ChaCha20-Poly1305 only; TLS 1.3 suites are OpenSSL's)",
+        reloadable=True,
+    )
+    require_tls: bool = option(
+        FLAG,
+        False,
+        "Refuse USER/PASS before AUTH TLS and transfers without PROT P",
+        reloadable=True,
+    )
+    require_session_reuse: bool = option(
+        FLAG,
+        False,
+        "Refuse TLS data connections that do not resume the control connection's session",
+        reloadable=True,
+    )
+    client_ca: Path | None = option(
+        PATH, None, "CA bundle for client certificates", reloadable=True
+    )
+    client_certificate: ClientCertificates = option(
+        choice(ClientCertificates),
+        ClientCertificates.NONE,
+        "Client certificates; with optional, a presented one must still be valid",
+        reloadable=True,
+    )
+    client_certificate_user_match: bool = option(
+        FLAG,
+        False,
+        "USER must match the client certificate's CN or a subjectAltName, else 530",
+        reloadable=True,
+    )
+    # -- the backend (required: a field with no default)
+    backend: BackendAddress = field(
+        metadata={
+            _OPTION: _Declared(
+                BACKEND_URL,
+                "Backend URL: ftp://HOST:PORT (plain), ftpes://HOST:PORT (explicit FTPS), "
+                "ftps://HOST:PORT (implicit FTPS, default port 990); IPv6 hosts in brackets",
+                reloadable=False,
+                short="b",
+            )
+        }
+    )
+    backend_ca: Path | None = option(
+        PATH, None, "CA bundle to verify the backend (default: system store)"
+    )
+    backend_server_name: str | None = option(TEXT, None, "Name the backend certificate must carry")
+    backend_insecure: bool = option(FLAG, False, "Do not verify the backend's certificate (logged)")
+    backend_client_certificate: Path | None = option(
+        PATH, None, "PEM client certificate for the backend"
+    )
+    backend_client_key: Path | None = option(PATH, None, "PEM key for --backend-client-certificate")
+    backend_tls_max_version: TLSVersion | None = option(
+        choice(TLSVersion), None, "Cap TLS towards the backend"
+    )
+    backend_data_protection: DataProtection = option(
+        choice(DataProtection), DataProtection.PRIVATE, "PROT level towards an FTPS backend"
+    )
+    backend_data_mode: BackendDataMode = option(
+        choice(BackendDataMode),
+        BackendDataMode.PASSIVE,
+        "Who opens data connections to the backend: passive, the proxy (EPSV, then PASV); "
+        "active, the backend (EPRT/PORT to the proxy, for backends that only allow it)",
+    )
+    backend_connect_timeout: float = option(
+        SECONDS, 10.0, "Seconds to set a backend session up: connect, TLS, greeting"
+    )
+    backend_reply_timeout: float = option(
+        SECONDS, 60.0, "Seconds the backend may take to answer a command", reloadable=True
+    )
+    # -- passive data connections
+    passive_ports: PortRange = option(
+        PORT_RANGE, PortRange(30000, 30099), "Passive data port range MIN-MAX"
+    )
+    public_address: str | None = option(
+        IPV4, None, "IPv4 address announced in PASV replies", reloadable=True
+    )
+    passive_timeout: float = option(
+        SECONDS, 30.0, "Seconds to wait for data connections", reloadable=True
+    )
+    max_passive_ports_per_ip: int = option(
+        COUNT_OR_ZERO,
+        0,
+        "Passive ports one client IP may hold at once (from PASV/EPSV until the transfer "
+        "ends); beyond it PASV/EPSV get 425. 0: a tenth of the range, at least 2 (of each "
+        "worker's slice with --workers)",
+        reloadable=True,
+    )
+    # -- limits and timeouts
+    tls_handshake_timeout: float = option(
+        SECONDS, 10.0, "Seconds a TLS handshake may take", reloadable=True
+    )
+    max_sessions: int = option(COUNT, 1000, "Sessions open at once, in total", reloadable=True)
+    max_sessions_per_ip: int = option(
+        COUNT, 50, "Sessions open at once per client IP", reloadable=True
+    )
+    login_timeout: float = option(
+        SECONDS, 60.0, "Seconds from connection to login", reloadable=True
+    )
+    idle_timeout: float = option(
+        SECONDS, 900.0, "Seconds without a command, outside transfers", reloadable=True
+    )
+    drain_timeout: float = option(
+        SECONDS, 30.0, "On SIGTERM, seconds running transfers get to finish", reloadable=True
+    )
+    data_stall_timeout: float = option(
+        SECONDS,
+        300.0,
+        "Seconds a running transfer may move no byte before it is aborted",
+        reloadable=True,
+    )
+    close_timeout: float = option(
+        SECONDS,
+        10.0,
+        "Seconds a closing connection may take to flush and answer TLS close_notify "
+        "before it is reset",
+        reloadable=True,
+    )
+    # -- failed logins
+    max_login_failures: int = option(
+        COUNT,
+        5,
+        "Failed logins from one IP within --login-lockout seconds that lock it out",
+        reloadable=True,
+    )
+    login_lockout: float = option(
+        SECONDS,
+        300.0,
+        "Seconds an IP stays locked out (new sessions get 421); also the window failures "
+        "are counted over",
+        reloadable=True,
+    )
+    login_failure_delay: float = option(
+        DELAY, 1.0, "Seconds every failed login's 530 is held back, 0 to 60", reloadable=True
+    )
+    # -- the process, observability
+    data_path: DataPath = option(
+        choice(DataPath),
+        DataPath.SPLICE,
+        "splice: plain-to-plain transfers move in the kernel (Linux splice), others through "
+        "Python; copy: always through Python",
+    )
+    workers: int = option(
+        COUNT,
+        1,
+        "Processes sharing the listening sockets, each with its own slice of --passive-ports",
+    )
+    metrics: str | None = option(
+        ENDPOINT, None, "Endpoint for /metrics, /healthz, /readyz, e.g. tcp:9102"
+    )
+    health_interval: float = option(
+        SECONDS, 5.0, "Seconds between TCP probes of the backend for /readyz"
+    )
+    log_format: LogFormat = option(
+        choice(LogFormat), LogFormat.TEXT, "Log lines as text, or json: one JSON object per line"
+    )
+    xferlog: Path | None = option(
+        PATH, None, "Append a wu-ftpd/ProFTPD xferlog line per file transfer here"
+    )
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.certificate is not None
+
+    @property
+    def passive_share(self) -> int:
+        """Passive ports one client address may hold at once (of this process's range)."""
+        return self.max_passive_ports_per_ip or default_share(self.passive_ports.size)
+
+
+def _declared(config_field: dataclasses.Field[Any]) -> Option:
+    declared: _Declared = config_field.metadata[_OPTION]
+    default = config_field.default
+    return Option(
+        name=config_field.name.replace("_", "-"),
+        kind=declared.kind,
+        default=None if default is dataclasses.MISSING else default,
+        help=declared.help,
+        reloadable=declared.reloadable,
+        short=declared.short,
+    )
+
+
+#: ``--config``: the file the other options may come from.
+CONFIG_FILE = Option("config", PATH, None, "TOML configuration file", short="c", in_file=False)
+#: Every option, ``--config`` first, then the settings in :class:`Config`'s order.
+OPTIONS: tuple[Option, ...] = (
+    CONFIG_FILE,
+    *(_declared(config_field) for config_field in dataclasses.fields(Config)),
+)
+#: The options a TOML file may set, by key.
+FILE_OPTIONS: dict[str, Option] = {each.name: each for each in OPTIONS if each.in_file}
+#: The :class:`Config` fields SIGHUP may change in a running proxy.
+RELOADABLE: frozenset[str] = frozenset(each.field for each in OPTIONS if each.reloadable)

@@ -1,0 +1,113 @@
+"""The values settings hold beyond numbers and paths: the backend, the port range, the choices.
+
+Each choice is a ``StrEnum``, so a setting can only hold one of its members and
+mypy checks every comparison against it; the member's value is what the command
+line, the TOML file and the logs spell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from ftpsproxy.settings.errors import ConfigError
+
+_DEFAULT_PORTS = {"ftp": 21, "ftpes": 21, "ftps": 990}
+
+
+class TLSVersion(StrEnum):
+    V1_2 = "1.2"
+    V1_3 = "1.3"
+
+
+class ClientCertificates(StrEnum):
+    """Whether clients must present a certificate signed by ``client-ca``."""
+
+    NONE = "none"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+class DataProtection(StrEnum):
+    """The ``PROT`` level the proxy asks an FTPS backend for."""
+
+    PRIVATE = "private"
+    CLEAR = "clear"
+
+
+class BackendDataMode(StrEnum):
+    """Who opens the data connections towards the backend."""
+
+    PASSIVE = "passive"  # EPSV, then PASV: the proxy connects
+    ACTIVE = "active"  # EPRT/PORT: the backend connects to the proxy
+
+
+class DataPath(StrEnum):
+    """How plain-to-plain transfers move: in the kernel (Linux splice) or through Python."""
+
+    SPLICE = "splice"
+    COPY = "copy"
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendAddress:
+    """Where sessions are relayed to; ``scheme`` says how the backend speaks TLS."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_backend_url(text: str) -> BackendAddress:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ConfigError(f"backend: {text!r}: scheme must be ftp://, ftpes:// or ftps://")
+    try:
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    except ValueError as error:
+        raise ConfigError(f"backend: {text!r}: invalid port") from error
+    if not parts.hostname:
+        raise ConfigError(f"backend: {text!r}: no host")
+    if parts.path not in ("", "/") or parts.query or parts.username:
+        raise ConfigError(f"backend: {text!r}: only scheme://host:port is allowed")
+    return BackendAddress(parts.scheme, parts.hostname, port)
+
+
+def default_share(capacity: int) -> int:
+    """Ports one owner may hold when none is configured: a tenth of the range, at least 2."""
+    return max(2, capacity // 10)
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.low <= self.high <= 65535:
+            raise ConfigError(
+                f"passive-ports: {self.low}-{self.high} must be within 1024-65535, low <= high"
+            )
+
+    @property
+    def size(self) -> int:
+        return self.high - self.low + 1
+
+
+def parse_port_range(text: str) -> PortRange:
+    low, sep, high = text.strip().partition("-")
+    try:
+        return PortRange(int(low), int(high if sep else low))
+    except ValueError as error:
+        raise ConfigError(f"passive-ports: {text!r} is not MIN-MAX") from error
