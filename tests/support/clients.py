@@ -174,11 +174,10 @@ def require_tool(name: str) -> str:
     return path
 
 
-def run_curl(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run ``curl -sS ARGS``; never raises on curl's exit code (tests check ``returncode``)."""
-    curl = require_tool("curl")
+def run_tool(command: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a client without raising on its exit code (tests check ``returncode``)."""
     return subprocess.run(
-        [curl, "--silent", "--show-error", *args],
+        list(command),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -186,6 +185,11 @@ def run_curl(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedP
         timeout=timeout,
         check=False,
     )
+
+
+def run_curl(args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``curl -sS ARGS``; never raises on curl's exit code (tests check ``returncode``)."""
+    return run_tool([require_tool("curl"), "--silent", "--show-error", *args], timeout)
 
 
 def run_lftp(script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -197,15 +201,7 @@ def run_lftp(script: str, timeout: float = 300) -> subprocess.CompletedProcess[s
     with tempfile.TemporaryDirectory(prefix="lftp-") as tmp:
         script_path = Path(tmp) / "script.lftp"
         script_path.write_text(LFTP_PREAMBLE + script.strip() + "\n")
-        return subprocess.run(
-            [lftp, "-f", str(script_path)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            check=False,
-        )
+        return run_tool([lftp, "-f", str(script_path)], timeout)
 
 
 # -- files ---------------------------------------------------------------------------

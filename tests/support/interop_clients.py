@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from tests.support.ci import unavailable
-from tests.support.clients import require_tool
+from tests.support.clients import require_tool, run_tool
 
 #: FTP connection modes of the frontend both clients speak.
 MODES: Final = ("plain", "explicit", "implicit")
@@ -31,19 +31,6 @@ RCLONE_FLAGS: Final = (
 COMMONS_NET_JAR: Final = Path("/usr/share/java/commons-net.jar")
 JAVA_SOURCE: Final = Path(__file__).resolve().parent / "java" / "FtpsTransfer.java"
 JAVA_MAIN: Final = "FtpsTransfer"
-
-
-def _run(command: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` without raising on its exit code (tests check ``returncode``)."""
-    return subprocess.run(
-        list(command),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=timeout,
-        check=False,
-    )
 
 
 # -- rclone ------------------------------------------------------------------------------
@@ -72,7 +59,7 @@ def rclone_remote(host: str, port: int, mode: str, user: str, password: str) -> 
 
 def run_rclone(args: Sequence[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """``rclone RCLONE_FLAGS ARGS``."""
-    return _run([require_tool("rclone"), *RCLONE_FLAGS, *args], timeout)
+    return run_tool([require_tool("rclone"), *RCLONE_FLAGS, *args], timeout)
 
 
 # -- Java (Apache Commons Net) -----------------------------------------------------------
@@ -83,7 +70,7 @@ def compile_java_client(dest: Path) -> Path:
     if not COMMONS_NET_JAR.is_file():
         unavailable(f"{COMMONS_NET_JAR} not found (Debian package libcommons-net-java)")
     javac = require_tool("javac")
-    result = _run(
+    result = run_tool(
         [javac, "-cp", str(COMMONS_NET_JAR), "-d", str(dest), str(JAVA_SOURCE)], timeout=180
     )
     if result.returncode != 0:
@@ -111,4 +98,4 @@ def run_java_client(
     args = [host, str(port), mode, user, password, direction, str(local), remote]
     if tls_protocol is not None:
         args.append(tls_protocol)
-    return _run([java, "-cp", classpath, JAVA_MAIN, *args], timeout)
+    return run_tool([java, "-cp", classpath, JAVA_MAIN, *args], timeout)
