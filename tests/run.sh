@@ -173,6 +173,15 @@ else
         "vsftpd $(cat "$SERVERS_DIR/vsftpd/.version"), pure-ftpd $(cat "$SERVERS_DIR/pure-ftpd/.version")"
 fi
 
+step "fail2ban-regex (Debian package fail2ban; its daemon is not started)"
+if command -v fail2ban-regex >/dev/null; then
+    echo "installed: $(fail2ban-regex --version 2>&1 | head -1)"
+elif [[ $(id -u) -eq 0 ]] && command -v dpkg-query >/dev/null; then
+    install_quietly fail2ban
+else
+    echo "not root or no dpkg: the fail2ban kit's test skips (or fails under CI)"
+fi
+
 step "promtool (Debian package prometheus; its daemon is not started)"
 if command -v promtool >/dev/null; then
     echo "installed: $(promtool --version 2>&1 | head -1)"

@@ -207,7 +207,9 @@ class Login:
         """Answer late; lock out past the limit.  The session stays busy meanwhile, so
         pipelined guesses wait their turn too."""
         config = self._context.config
-        self._context.events.login(ok=False)
+        self._context.events.login_failed(
+            self._session.id, self._client.peer_host, self._session.user or "-"
+        )
         if locked:
             self._context.events.locked_out(
                 self._session.id,

@@ -12,7 +12,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
 )
+
+# No ``*_created`` series: a third of the exposition, and nothing here reads them.
+disable_created_metrics()
 
 DIRECTIONS = ("upload", "download", "listing")
 

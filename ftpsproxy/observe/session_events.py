@@ -128,6 +128,16 @@ class SessionEvents:
     def login(self, ok: bool) -> None:
         self._metrics.logins_total.labels(result="success" if ok else "failure").inc()
 
+    def login_failed(self, session: int, client: str, user: str) -> None:
+        """One line per failed login, for fail2ban or a SIEM (deploy/fail2ban/)."""
+        self.login(ok=False)
+        log.warn(
+            "session {session} failed login client={client} user={user}",
+            session=session,
+            client=client,
+            user=user,
+        )
+
     def locked_out(self, session: int, client: str, seconds: float, failures: int) -> None:
         self._metrics.login_lockouts.inc()
         log.warn(
