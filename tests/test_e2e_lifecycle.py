@@ -79,7 +79,7 @@ def test_sighup_applies_safe_config_changes_and_logs_what_changed(
     other = free_port()
     config.write_text(base.replace(f"tcp:{port}:", f"tcp:{other}:") + "max-sessions-per-ip = 1\n")
     os.kill(proxy.pid, signal.SIGHUP)
-    proxy.wait_log(r"SIGHUP: max_sessions_per_ip changed from 5 to 1")
+    proxy.wait_log(r"SIGHUP: max-sessions-per-ip changed from 5 to 1")
     proxy.wait_log(r"SIGHUP: listen changed .* takes effect after a restart")
     second = ftplib.FTP()
     with pytest.raises(ftplib.error_temp, match=r"^421 Too many sessions from your address"):

@@ -11,8 +11,14 @@ from twisted.python import usage
 from ftpsproxy.ops.tap import Options
 from ftpsproxy.settings.config import build_config, load_toml
 from ftpsproxy.settings.errors import ConfigError
-from ftpsproxy.settings.options import FILE_OPTIONS, OPTIONS, RELOADABLE, Config
-from ftpsproxy.settings.values import BackendDataMode, ClientCertificates, LogFormat, TLSVersion
+from ftpsproxy.settings.options import FILE_OPTIONS, OPTIONS, RELOADABLE, Config, as_written
+from ftpsproxy.settings.values import (
+    BackendDataMode,
+    ClientCertificates,
+    LogFormat,
+    PortRange,
+    TLSVersion,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"backend": "ftp://127.0.0.1:2100", "listen": ["tcp:2121"]}
@@ -128,3 +134,12 @@ def test_command_line_text_is_parsed_by_the_same_rules_as_the_file() -> None:
     assert from_text == from_file
     with pytest.raises(ConfigError, match=r"^max-sessions: '7.5' is not a whole number$"):
         build_config(BASE, {"max-sessions": "7.5"})
+
+
+def test_settings_read_back_as_an_operator_writes_them() -> None:
+    """SIGHUP's log lines name options and values as written, not Python fields and reprs."""
+    assert as_written("idle_timeout", 900.0) == ("idle-timeout", "900")
+    assert as_written("passive_ports", PortRange(45100, 45139)) == ("passive-ports", "45100-45139")
+    assert as_written("log_format", LogFormat.JSON) == ("log-format", "json")
+    assert as_written("xferlog", None) == ("xferlog", "(unset)")
+    assert as_written("listen", ("tcp:21", "tcp6:21")) == ("listen", "tcp:21, tcp6:21")

@@ -356,7 +356,7 @@ def test_sighup_reaches_every_worker_and_a_killed_worker_is_replaced(
     config_file.write_text(f'xferlog = "{xferlog}"\nmax-sessions-per-ip = 30\nworkers = 3\n')
     os.kill(proxy.pid, signal.SIGHUP)
     for index in (0, 1):
-        proxy.wait_log(rf"worker={index}\] SIGHUP: max_sessions_per_ip changed from 40 to 30")
+        proxy.wait_log(rf"worker={index}\] SIGHUP: max-sessions-per-ip changed from 40 to 30")
     proxy.wait_log(r"SIGHUP: workers changed from 2 to 3: takes effect after a restart")
     assert xferlog.exists()  # reopened by both workers
     transfers(4)

@@ -18,6 +18,7 @@ from ftpsproxy.observe.logs import JSONLineObserver
 from ftpsproxy.ops.signals import Signals
 from ftpsproxy.settings.config import Config, ConfigChange, reload_config
 from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.options import as_written
 from ftpsproxy.settings.values import LogFormat
 
 log = Logger()
@@ -63,16 +64,22 @@ class ProcessService(MultiService):
                 log.error("SIGHUP: configuration not reloaded: {error}", error=error)
             return None
         change = reload_config(self.config, fresh)
-        for name, (old, new) in sorted(change.applied.items()):
-            if fields is None or name in fields:
-                log.info("SIGHUP: {name} changed from {old} to {new}", name=name, old=old, new=new)
-        for name, (old, new) in sorted(change.needs_restart.items()):
-            if fields is None or name in fields:
+        for field, (old, new) in sorted(change.applied.items()):
+            if fields is None or field in fields:
+                name, before = as_written(field, old)
+                after = as_written(field, new)[1]
+                log.info(
+                    "SIGHUP: {name} changed from {old} to {new}", name=name, old=before, new=after
+                )
+        for field, (old, new) in sorted(change.needs_restart.items()):
+            if fields is None or field in fields:
+                name, before = as_written(field, old)
+                after = as_written(field, new)[1]
                 log.warn(
                     "SIGHUP: {name} changed from {old} to {new}: takes effect after a restart",
                     name=name,
-                    old=old,
-                    new=new,
+                    old=before,
+                    new=after,
                 )
         if fields is None and not change.applied and not change.needs_restart:
             log.info("SIGHUP: configuration unchanged")

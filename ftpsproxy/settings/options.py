@@ -323,3 +323,17 @@ OPTIONS: tuple[Option, ...] = (
 FILE_OPTIONS: dict[str, Option] = {each.name: each for each in OPTIONS if each.in_file}
 #: The :class:`Config` fields SIGHUP may change in a running proxy.
 RELOADABLE: frozenset[str] = frozenset(each.field for each in OPTIONS if each.reloadable)
+_BY_FIELD: dict[str, Option] = {each.field: each for each in OPTIONS}
+
+
+def as_written(config_field: str, value: Any) -> tuple[str, str]:
+    """The option's name and *value* as an operator writes them (``passive-ports``,
+    ``45100-45139``), for log lines about settings."""
+    option = _BY_FIELD[config_field]
+    if value is None:
+        return option.name, "(unset)"
+    if isinstance(value, float):
+        return option.name, f"{value:g}"
+    if isinstance(value, tuple):
+        return option.name, ", ".join(option.kind.show(item) for item in value) or "(none)"
+    return option.name, option.kind.show(value)
