@@ -5,6 +5,8 @@ from __future__ import annotations
 import ftplib
 import os
 import signal
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,14 @@ def test_sigterm_lets_a_running_transfer_finish_and_closes_idle_sessions(
     proxy.wait_log(r"SIGTERM: draining sessions")
     with pytest.raises(ftplib.error_temp, match=r"^421 Service shutting down"):
         idle.getresp()
+    # While the transfer drains, /readyz says so (a balancer stops sending sessions) and
+    # /metrics still serves the last counters.
+    ready = f"http://127.0.0.1:{proxied.metrics_port}/readyz"
+    with pytest.raises(urllib.error.HTTPError) as not_ready:
+        urllib.request.urlopen(ready, timeout=10)
+    assert not_ready.value.code == 503
+    assert b"draining" in not_ready.value.read()
+    assert proxied.metrics()["ftpsproxy_transfers_active{}"] == 1
     download.finish()
     assert download.received == size
     assert download.digest.hexdigest() == digest

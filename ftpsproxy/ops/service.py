@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
@@ -85,6 +85,7 @@ class ProxyService(ProcessService):
             ),
         )
         self._listeners: list[StreamServerEndpointService] = []
+        self.draining = False  # SIGTERM: listeners closed, running transfers finishing
         for description in config.listen:
             self._add_listener(reactor, description, implicit=False)
         for description in config.listen_implicit:
@@ -152,9 +153,19 @@ class ProxyService(ProcessService):
         reactor.callWhenRunning(self.health.start, reactor)
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening, let running commands and transfers finish, then close the rest."""
+        """Stop listening, let running commands and transfers finish, then close the rest.
+
+        ``/metrics`` and ``/readyz`` go on until the end, ``/readyz`` answering 503
+        ``draining``: a load balancer stops sending sessions while running transfers
+        finish, and the last counters can still be scraped.
+        """
         self.health.stop()
-        return super().stopService().addCallback(lambda _: self._drain())
+        self.draining = True
+        listeners, self._listeners = self._listeners, []
+        stopping = [maybeDeferred(listener.disownServiceParent) for listener in listeners]
+        stop_the_rest = super().stopService
+        drained = gatherResults(stopping).addCallback(lambda _: self._drain())
+        return drained.addCallback(lambda _: stop_the_rest())
 
     def _drain(self) -> Deferred[None]:
         sessions = self.context.open_sessions
@@ -197,6 +208,8 @@ class ProxyService(ProcessService):
         return service
 
     def _ready_problem(self) -> str | None:
+        if self.draining:
+            return "draining"
         if self.health.up is False:
             return f"backend {self.config.backend.url} unreachable"
         if self.health.up is None:

@@ -344,9 +344,15 @@ class WorkerSupervisor(ProcessService):
             close_without_shutdown(port)
             port.stopListening()
         self._ports = []
-        self._scraper.close()
-        stopped = super().stopService()
-        stopped.addCallback(lambda _: self._stop_workers())
+        # The master's /metrics and /readyz (503 "shutting down") go on while the workers
+        # drain; they stop with the rest, once every worker has ended.
+        stop_the_rest = super().stopService
+
+        def workers_ended(_: object) -> Deferred[None]:
+            self._scraper.close()
+            return stop_the_rest()
+
+        stopped = self._stop_workers().addCallback(workers_ended)
         return stopped.addBoth(self._remove_runtime_dir)
 
     def _stop_workers(self) -> Deferred[None]:
