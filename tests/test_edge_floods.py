@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
-from tests.support.clients import client_context
+from tests.support.clients import ReplyReader, client_context
 from tests.test_e2e_core import Proxied, start_proxy
 
 FLOOD_SECONDS = float(os.environ.get("FTPSPROXY_FLOOD_SECONDS", "30"))
@@ -70,14 +70,14 @@ class Flood:
         sock.connect(("127.0.0.1", self.proxied.port))
         with sock:
             stream: socket.socket = sock
-            reader = _Lines(stream)
+            reader = ReplyReader(stream)
             assert reader.reply().startswith("220"), "no greeting"
             if self.tls:
                 stream.sendall(b"AUTH TLS\r\n")
                 assert reader.reply().startswith("234"), "AUTH TLS refused"
                 context = client_context(self.proxied.pki.ca_cert)
                 stream = context.wrap_socket(sock, server_hostname="localhost")
-                reader = _Lines(stream)
+                reader = ReplyReader(stream)
             if self.after_login:
                 user, password = self.proxied.backend.user, self.proxied.backend.password
                 stream.sendall(f"USER {user}\r\n".encode())
@@ -92,27 +92,6 @@ class Flood:
                 self.sent += len(chunk)
                 if self.after_login:
                     time.sleep(0.05)
-
-
-class _Lines:
-    """Reads whole replies (only during the handshake part of a flood)."""
-
-    def __init__(self, stream: socket.socket) -> None:
-        self._stream = stream
-        self._buffer = b""
-
-    def reply(self) -> str:
-        while True:
-            end = self._buffer.find(b"\r\n")
-            if end >= 0:
-                line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
-                if line[3:4] != b"-":
-                    return line.decode(errors="replace")
-                continue
-            data = self._stream.recv(4096)
-            if not data:
-                return ""
-            self._buffer += data
 
 
 def _greeting_seconds(port: int) -> float:

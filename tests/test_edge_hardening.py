@@ -19,28 +19,11 @@ import pytest
 from tests.conftest import MakeProxy
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
+from tests.support.clients import ReplyReader
 from tests.support.faults import Answer, FakeBackend, FakeConnection, ftp_server, then_hold
 from tests.test_e2e_core import Proxied, start_proxy
 
 PARALLEL = 50
-
-
-def _reply(sock: socket.socket, buffer: list[bytes]) -> str:
-    """The next final reply line on *sock* (multi-line replies skipped to their end)."""
-    data = buffer[0] if buffer else b""
-    while True:
-        end = data.find(b"\r\n")
-        if end >= 0:
-            line, data = data[:end], data[end + 2 :]
-            if line[3:4] != b"-":
-                buffer[:] = [data]
-                return line.decode(errors="replace")
-            continue
-        more = sock.recv(4096)
-        if not more:
-            buffer[:] = [data]
-            return ""
-        data += more
 
 
 def test_parallel_sessions_from_one_address_get_at_most_the_allowed_guesses(
@@ -54,34 +37,32 @@ def test_parallel_sessions_from_one_address_get_at_most_the_allowed_guesses(
         make_proxy, backend, pki, "--max-sessions-per-ip", str(PARALLEL + 5),
         "--max-sessions", "200",
     )  # fmt: skip
-    sockets: list[socket.socket] = []
-    buffers: list[list[bytes]] = []
+    readers: list[ReplyReader] = []
     for _ in range(PARALLEL):
         sock = socket.socket()
         sock.settimeout(30)
         sock.bind(("127.0.0.3", 0))
         sock.connect(("127.0.0.1", proxied.port))
-        buffer: list[bytes] = []
-        assert _reply(sock, buffer).startswith("220")
+        reader = ReplyReader(sock)
+        assert reader.reply().startswith("220")
         sock.sendall(b"USER demo\r\n")
-        assert _reply(sock, buffer).startswith("331")
-        sockets.append(sock)
-        buffers.append(buffer)
+        assert reader.reply().startswith("331")
+        readers.append(reader)
     answers: list[str] = [""] * PARALLEL
     start = threading.Barrier(PARALLEL)
 
     def guess(index: int) -> None:
         start.wait(timeout=30)
-        sockets[index].sendall(b"PASS wrong-password\r\n")
-        answers[index] = _reply(sockets[index], buffers[index])
+        readers[index].stream.sendall(b"PASS wrong-password\r\n")
+        answers[index] = readers[index].reply()
 
     threads = [threading.Thread(target=guess, args=(index,)) for index in range(PARALLEL)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    for sock in sockets:
-        sock.close()
+    for reader in readers:
+        reader.stream.close()
     codes = sorted(answer[:3] for answer in answers)
     reached = backend.log_text().count("failed login")
     print(f"guesses that reached the backend: {reached} of {PARALLEL}; replies: {codes}")
@@ -89,13 +70,13 @@ def test_parallel_sessions_from_one_address_get_at_most_the_allowed_guesses(
     assert codes.count("530") == 5 and codes.count("421") == PARALLEL - 5, codes
     # The address is locked out; another address is not.
     with socket.create_connection(("127.0.0.1", proxied.port), timeout=10) as other:
-        assert _reply(other, []).startswith("220")
+        assert ReplyReader(other).reply().startswith("220")
     locked = socket.socket()
     locked.settimeout(10)
     locked.bind(("127.0.0.3", 0))
     locked.connect(("127.0.0.1", proxied.port))
     with locked:
-        assert _reply(locked, []).startswith("421")
+        assert ReplyReader(locked).reply().startswith("421")
 
 
 def test_a_success_frees_its_place_for_the_next_parallel_login(
@@ -110,11 +91,11 @@ def test_a_success_frees_its_place_for_the_next_parallel_login(
 
     def login() -> None:
         with socket.create_connection(("127.0.0.1", proxied.port), timeout=30) as sock:
-            buffer: list[bytes] = []
-            _reply(sock, buffer)
+            reader = ReplyReader(sock)
+            reader.reply()
             sock.sendall(f"USER {backend.user}\r\nPASS {backend.password}\r\n".encode())
-            _reply(sock, buffer)
-            results.append(_reply(sock, buffer))
+            reader.reply()
+            results.append(reader.reply())
             sock.sendall(b"QUIT\r\n")
 
     started = time.monotonic()

@@ -163,6 +163,33 @@ class PausedDownload(threading.Thread):
             raise self.error
 
 
+class ReplyReader:
+    """Reads whole replies from a raw control connection (plain or ``ssl``-wrapped), for
+    tests that drive the protocol by hand; each read is bounded by the socket's timeout,
+    and a reply by ``MAX_LINES`` lines."""
+
+    MAX_LINES = 10_000
+
+    def __init__(self, stream: socket.socket) -> None:
+        self.stream = stream
+        self._buffer = b""
+
+    def reply(self) -> str:
+        """The final line of the next reply ("" if the peer closed first)."""
+        for _ in range(self.MAX_LINES):
+            end = self._buffer.find(b"\r\n")
+            while end < 0:
+                data = self.stream.recv(4096)
+                if not data:
+                    return ""
+                self._buffer += data
+                end = self._buffer.find(b"\r\n")
+            line, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+            if line[3:4] != b"-":
+                return line.decode(errors="replace")
+        raise AssertionError(f"no final reply line within {self.MAX_LINES} lines")
+
+
 # -- command-line clients ------------------------------------------------------------
 
 
