@@ -41,7 +41,9 @@ from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.factories import PrebuiltFactory
 from ftpsproxy.net.sockets import tune
 from ftpsproxy.net.timers import cancel_call
+from ftpsproxy.settings.backends import BackendSpec
 from ftpsproxy.settings.config import BackendAddress
+from ftpsproxy.settings.values import DataProtection
 from ftpsproxy.tls.backend import BackendSessionTLS, BackendTLSSettings
 from ftpsproxy.tls.bulk import BulkTLSFactory
 
@@ -392,3 +394,25 @@ class BackendConnector:
             factory = BulkTLSFactory(control.tls.for_data(), True, factory)
         connected: Deferred[Protocol] = endpoint.connect(factory)  # type: ignore[assignment]
         return connected
+
+
+def connector_for(reactor: IReactorTCP, spec: BackendSpec, timeout: float) -> BackendConnector:
+    """The connector of one configured backend; its TLS files are checked now, at start-up."""
+    tls = None
+    if spec.tls:
+        tls = BackendTLSSettings(
+            server_name=spec.server_name or spec.address.host,
+            ca_file=spec.ca,
+            insecure=spec.insecure,
+            client_certificate=spec.client_certificate,
+            client_key=spec.client_key,
+            maximum_version=spec.tls_max_version,
+        )
+        tls.validate()
+    return BackendConnector(
+        reactor,
+        spec.address,
+        timeout,
+        tls,
+        protect_data=spec.data_protection == DataProtection.PRIVATE,
+    )

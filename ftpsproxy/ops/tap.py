@@ -39,7 +39,7 @@ class Options(usage.Options):
     optParameters: ClassVar[list[list[str | None]]] = [
         [option.name, option.short, None, option.help_text]
         for option in OPTIONS
-        if not option.kind.flag and not option.kind.repeated
+        if not option.kind.flag and not option.kind.repeated and option.kind.command_line
     ]
 
     def __init__(self) -> None:
@@ -56,7 +56,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         cli: dict[str, Any] = {}
         for option in OPTIONS:
-            if option.in_file:
+            if option.in_file and option.kind.command_line:
                 value = self[option.name]
                 cli[option.name] = (True if value else None) if option.kind.flag else value
         self._cli = cli

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftpsproxy.settings.backends import read_pool
 from ftpsproxy.settings.errors import ConfigError
 from ftpsproxy.settings.options import FILE_OPTIONS, RELOADABLE, Config
 from ftpsproxy.settings.values import (
@@ -68,11 +69,30 @@ def build_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) 
             fields[option.field] = option.kind.from_command_line(key, cli_values[key])
         elif file_values.get(key) is not None:
             fields[option.field] = option.kind.from_file(key, file_values[key])
-    if "backend" not in fields:
+    if "backends" in fields:
+        if "backend" in fields:
+            raise ConfigError("backends: give either --backend or [[backends]] tables, not both")
+        # Read last: a table's TLS keys default to the top-level backend-* values.
+        fields["backends"] = read_pool(fields["backends"], _pool_defaults(fields))
+    elif "backend" not in fields:
         raise ConfigError("backend: required (e.g. --backend ftp://127.0.0.1:2100)")
     config = Config(**fields)
     _check_together(config)
     return config
+
+
+def _pool_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level ``backend-*`` values a ``[[backends]]`` table inherits, by spec field."""
+    inherited = (
+        "ca",
+        "server_name",
+        "insecure",
+        "client_certificate",
+        "client_key",
+        "tls_max_version",
+        "data_protection",
+    )
+    return {name: fields.get(f"backend_{name}") for name in inherited}
 
 
 def _check_together(config: Config) -> None:
@@ -93,16 +113,8 @@ def _check_together(config: Config) -> None:
         raise ConfigError(
             "client-certificate-user-match: needs --client-certificate optional|required"
         )
-    if config.backend.scheme == "ftp":
-        for key in ("backend_ca", "backend_server_name", "backend_client_certificate"):
-            if getattr(config, key) is not None:
-                raise ConfigError(
-                    f"{key.replace('_', '-')}: only for ftpes:// and ftps:// backends"
-                )
-        if config.backend_insecure:
-            raise ConfigError("backend-insecure: only for ftpes:// and ftps:// backends")
-    if config.backend_client_key is not None and config.backend_client_certificate is None:
-        raise ConfigError("backend-client-key: needs --backend-client-certificate")
+    if not config.backends:
+        config.pool[0].check("backend-")
     if config.workers > config.passive_ports.size:
         raise ConfigError(
             f"workers: {config.workers} workers need at least as many passive ports "

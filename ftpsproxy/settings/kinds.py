@@ -34,6 +34,7 @@ class Kind(Generic[T]):
     choices: tuple[str, ...] = ()  # for choices: every value, as spelled
     flag: bool = False  # on the command line: present or not, no value
     repeated: bool = False  # on the command line: given once per item of a list
+    command_line: bool = True  # False: only the file can say it (tables)
 
     def from_file(self, key: str, value: object) -> T:
         wrong_bool = isinstance(value, bool) and bool not in self.file_types
@@ -130,3 +131,5 @@ DELAY = Kind("a number of seconds", (int, float), _seconds(0, 60, zero=True), "{
 COUNT = Kind("a whole number", (int,), _count(1))
 COUNT_OR_ZERO = Kind("a whole number", (int,), _count(0))
 FLAG = Kind("true or false", (bool,), _flag, flag=True)
+#: ``[[backends]]``: checked as a list here, read table by table in ``settings.backends``.
+TABLES: Kind[Any] = Kind("a list of tables", (list,), lambda tables: tables, command_line=False)

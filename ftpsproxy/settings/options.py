@@ -26,10 +26,12 @@ from ftpsproxy.settings.kinds import (
     PATH,
     PORT_RANGE,
     SECONDS,
+    TABLES,
     TEXT,
     Kind,
     choice,
 )
+from ftpsproxy.settings.backends import SINGLE_BACKEND_NAME, Balance, BackendSpec
 from ftpsproxy.settings.values import (
     BackendAddress,
     BackendDataMode,
@@ -160,17 +162,24 @@ class Config:
         "USER must match the client certificate's CN or a subjectAltName, else 530",
         reloadable=True,
     )
-    # -- the backend (required: a field with no default)
-    backend: BackendAddress = field(
-        metadata={
-            _OPTION: _Declared(
-                BACKEND_URL,
-                "Backend URL: ftp://HOST:PORT (plain), ftpes://HOST:PORT (explicit FTPS), "
-                "ftps://HOST:PORT (implicit FTPS, default port 990); IPv6 hosts in brackets",
-                reloadable=False,
-                short="b",
-            )
-        }
+    # -- the backend: one (--backend) or a pool (backends, in the file); one is required
+    backend: BackendAddress | None = option(
+        BACKEND_URL,
+        None,
+        "Backend URL: ftp://HOST:PORT (plain), ftpes://HOST:PORT (explicit FTPS), "
+        "ftps://HOST:PORT (implicit FTPS, default port 990); IPv6 hosts in brackets",
+        short="b",
+    )
+    backends: tuple[BackendSpec, ...] = option(
+        TABLES,
+        (),
+        "A pool of backends instead of --backend, as [[backends]] tables in the file: "
+        "name, url, weight, max-sessions, state (active or drain) and the TLS keys ca, "
+        "server-name, insecure, client-certificate, client-key, tls-max-version, "
+        "data-protection (default: the backend-* options)",
+    )
+    balance: Balance = option(
+        choice(Balance), Balance.ROUND_ROBIN, "How a pool's backend is chosen at USER"
     )
     backend_ca: Path | None = option(
         PATH, None, "CA bundle to verify the backend (default: system store)"
@@ -282,6 +291,12 @@ class Config:
     health_interval: float = option(
         SECONDS, 5.0, "Seconds between TCP probes of the backend for /readyz"
     )
+    health_rise: int = option(
+        COUNT, 2, "Good probes in a row that bring a backend that was down back into use"
+    )
+    health_fall: int = option(
+        COUNT, 3, "Failed probes or session set-ups in a row that take a backend out of use"
+    )
     log_format: LogFormat = option(
         choice(LogFormat), LogFormat.TEXT, "Log lines as text, or json: one JSON object per line"
     )
@@ -292,6 +307,26 @@ class Config:
     @property
     def tls_enabled(self) -> bool:
         return self.certificate is not None
+
+    @property
+    def pool(self) -> tuple[BackendSpec, ...]:
+        """Every backend: the ``backends`` tables, or the one ``--backend`` names."""
+        if self.backends:
+            return self.backends
+        assert self.backend is not None  # build_config requires one of them
+        return (
+            BackendSpec(
+                name=SINGLE_BACKEND_NAME,
+                address=self.backend,
+                ca=self.backend_ca,
+                server_name=self.backend_server_name,
+                insecure=self.backend_insecure,
+                client_certificate=self.backend_client_certificate,
+                client_key=self.backend_client_key,
+                tls_max_version=self.backend_tls_max_version,
+                data_protection=self.backend_data_protection,
+            ),
+        )
 
     @property
     def passive_share(self) -> int:
