@@ -109,6 +109,7 @@ def main() -> int:
             for option, description, fd in spec.listeners
         }
         service = ProxyService(config, reactor, reread_config=spec.read_config, endpoints=endpoints)
+        service.ignore_sigint()  # Ctrl-C in a terminal reaches the master too, which stops us
         service.privilegedStartService()
         service.startService()
     except ConfigError as error:
@@ -116,8 +117,6 @@ def main() -> int:
         return 2
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.addReader(ParentPipe(0, _Master.lost))
-    # After the reactor's own handlers; SIGINT from a terminal reaches the master too.
-    reactor.callWhenRunning(reactor.callLater, 0, signal.signal, signal.SIGINT, signal.SIG_IGN)
     reactor.run()
     if _Master.gone and spec.runtime_dir is not None:
         # Nobody else will remove it; the last worker out (its socket gone) succeeds.
