@@ -16,8 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ftpsproxy.control.backend import BackendConnector
-from ftpsproxy.control.probe import probe_backend
+from ftpsproxy.control.probe import ControlConnector, probe_backend
 from ftpsproxy.control.probe_outcome import ProbeOutcome
 from ftpsproxy.control.readiness import BackendReadiness
 from ftpsproxy.observe.metrics import Metrics
@@ -30,7 +29,7 @@ CHANNEL = "probe"  # the channel label of the probe's TLS handshakes, apart from
 class BackendHealth:
     """Probes the backend every *interval* seconds, one probe at a time."""
 
-    def __init__(self, connector: BackendConnector, metrics: Metrics, interval: float) -> None:
+    def __init__(self, connector: ControlConnector, metrics: Metrics, interval: float) -> None:
         self._connector = connector
         self._metrics = metrics
         self._readiness = BackendReadiness()

@@ -19,11 +19,13 @@ from twisted.python.failure import Failure
 from ftpsproxy.control.backend import BackendControl, BackendLoss
 from ftpsproxy.control.probe_outcome import ProbeOutcome, probe_failed, probe_succeeded
 from ftpsproxy.ftp.replies import Reply
+from ftpsproxy.settings.config import BackendAddress
 
 
 class ControlConnector(TypingProtocol):
     """What a probe needs from a backend connector (one per backend of a pool, later)."""
 
+    address: BackendAddress
     timeout: float
 
     def control(self) -> Deferred[BackendControl]: ...
