@@ -219,7 +219,7 @@ class ProxyService(ProcessService):
         if self.draining:
             return "draining"
         if self.health.up is False:
-            return f"backend {self.config.backend.url} unreachable"
+            return f"backend {self.config.backend.url} not ready: {self.health.reason}"
         if self.health.up is None:
             return "backend not probed yet"
         for listener in self._listeners:

@@ -280,7 +280,7 @@ class Config:
         ENDPOINT, None, "Endpoint for /metrics, /healthz, /readyz, e.g. tcp:9102"
     )
     health_interval: float = option(
-        SECONDS, 5.0, "Seconds between TCP probes of the backend for /readyz"
+        SECONDS, 5.0, "Seconds between backend probes (connect, greeting, TLS) for /readyz"
     )
     log_format: LogFormat = option(
         choice(LogFormat), LogFormat.TEXT, "Log lines as text, or json: one JSON object per line"
