@@ -232,7 +232,10 @@ class Config:
         SECONDS, 900.0, "Seconds without a command, outside transfers", reloadable=True
     )
     drain_timeout: float = option(
-        SECONDS, 30.0, "On SIGTERM or SIGINT, seconds running transfers get to finish", reloadable=True
+        SECONDS,
+        30.0,
+        "On SIGTERM or SIGINT, seconds running transfers get to finish",
+        reloadable=True,
     )
     data_stall_timeout: float = option(
         SECONDS,
