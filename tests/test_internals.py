@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from OpenSSL import SSL
-from twisted.internet import abstract
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import abstract, tcp
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -24,6 +25,7 @@ from twisted.internet.ssl import (
     optionsForClientTLS,
 )
 from twisted.internet.testing import MemoryReactor
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, connect
@@ -31,6 +33,7 @@ from twisted.test.iosim import FakeTransport, connect
 from ftpsproxy.net import twisted_internals
 from ftpsproxy.net.twisted_internals import (
     Internal,
+    QuietPort,
     TLSMemoryBIOHooks,
     pending_output,
     take_pending_output,
@@ -199,6 +202,28 @@ def test_pending_output_takes_both_of_twisteds_buffers() -> None:
     assert pending_output(descriptor) == 0  # type: ignore[arg-type]
     descriptor.write(b"f")
     assert take_pending_output(descriptor) == b"f"  # type: ignore[arg-type]
+
+
+# -- quiet listeners --------------------------------------------------------------------------
+
+
+def _lines_of_a_listener(port_class: type[tcp.Port]) -> list[str]:
+    """The log lines a listener of *port_class* writes from its start to its close."""
+    from twisted.internet import reactor  # not run: the close is called directly
+
+    factory = ServerFactory()
+    factory.noisy = False
+    with capturedLogs() as events:
+        port = port_class(0, factory, 1, "127.0.0.1", reactor)
+        port.startListening()
+        port.connectionLost(Failure(ConnectionDone()))
+    return [text for text in map(formatEvent, events) if text]
+
+
+def test_a_quiet_port_logs_no_line_where_twisted_logs_two() -> None:
+    loud = _lines_of_a_listener(tcp.Port)
+    assert len(loud) == 2 and "starting on" in loud[0] and "Closed" in loud[1], loud
+    assert _lines_of_a_listener(QuietPort) == []
 
 
 # -- nowhere else -----------------------------------------------------------------------------

@@ -31,11 +31,11 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ftpsproxy.ftp.errors import FTPSyntaxError
+from ftpsproxy.ftp.greeting import Greeting, judge_greeting, refusal
 from ftpsproxy.ftp.replies import Reply, ReplyParser
 from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.factories import PrebuiltFactory
@@ -46,8 +46,6 @@ from ftpsproxy.settings.config import BackendAddress
 from ftpsproxy.settings.values import DataProtection
 from ftpsproxy.tls.backend import BackendSessionTLS, BackendTLSSettings
 from ftpsproxy.tls.bulk import BulkTLSFactory
-
-log = Logger()
 
 ReplyHandler = Callable[[Reply], None]
 
@@ -190,7 +188,6 @@ class BackendControl(Protocol):
     def _reply_timed_out(self) -> None:
         self._reply_timer = None
         why = f"no reply from the backend within {self._reply_timeout:g}s"
-        log.warn("{why}", why=why)
         self.on_lost(BackendLoss.TIMEOUT, why)
         self.abort()
 
@@ -218,7 +215,6 @@ class BackendControl(Protocol):
         try:
             replies = self._parser.feed(data)
         except FTPSyntaxError as error:
-            log.warn("backend sent a malformed reply: {error}", error=error)
             self._fail(BackendSetupError(f"malformed reply from backend ({error})"))
             self.on_lost(BackendLoss.INVALID_REPLY, f"malformed reply from backend ({error})")
             self.abort()
@@ -228,11 +224,12 @@ class BackendControl(Protocol):
 
     def _dispatch(self, reply: Reply) -> None:
         if not self._greeted:
-            if reply.is_preliminary:
-                return  # 120: service ready in nnn minutes (RFC 959)
+            greeting = judge_greeting(reply)
+            if greeting is Greeting.PENDING:
+                return
             self._greeted = True
-            if reply.code != 220:
-                self._fail(BackendSetupError(f"greeting {reply.code}: {reply.text}", reply))
+            if greeting is Greeting.REFUSED:
+                self._fail(BackendSetupError(refusal(reply), reply))
             elif self.tls is not None and self._explicit:
                 self.request(b"AUTH TLS\r\n", self._auth_reply)
             elif self.tls is not None:
@@ -342,13 +339,6 @@ class BackendConnector:
             return TCP4ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
         return TCP6ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
 
-    def tcp(self, host: str, port: int, protocol: Protocol) -> Deferred[Protocol]:
-        """A bare TCP connection (the health probe)."""
-        connected: Deferred[Protocol] = self._endpoint(host, port).connect(
-            PrebuiltFactory(protocol)
-        )  # type: ignore[assignment]
-        return connected
-
     def control(self) -> Deferred[BackendControl]:
         """Connect and set the session up; fails with the reason otherwise.
 
@@ -379,8 +369,11 @@ class BackendConnector:
 
     def _set_up_timed_out(self, control: BackendControl, connected: Deferred[Protocol]) -> None:
         if not connected.called:
-            connected.cancel()
-        why = f"no ready backend session within {self.timeout:g}s"
+            connected.cancel()  # fails the set-up with "cannot connect" first
+        if not control._greeted:
+            why = f"no greeting within {self.timeout:g}s"
+        else:
+            why = f"no ready backend session within {self.timeout:g}s"
         control._fail(BackendSetupError(why, kind="timeout"))
 
     def data(self, control: BackendLink, port: int, protocol: Protocol) -> Deferred[Protocol]:

@@ -24,6 +24,9 @@ LOCKED_OUT = "Too many failed logins from your address; try again later."  # wit
 class OpenSession(Protocol):
     """A running session, as the service sees it when it stops."""
 
+    @property
+    def transferring(self) -> bool: ...
+
     def drain(self) -> None: ...
 
     def force_close(self) -> None: ...

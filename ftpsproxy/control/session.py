@@ -87,6 +87,10 @@ class Session:
         return self.state is State.CLOSED
 
     @property
+    def transferring(self) -> bool:
+        return self.state is State.TRANSFERRING
+
+    @property
     def backend_ready(self) -> bool:
         return self.state is State.READY and self.backend is not None
 

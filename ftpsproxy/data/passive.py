@@ -1,7 +1,8 @@
 """Passive data listeners: one port of the range per PASV/EPSV, for one connection.
 
 A listener accepts only connections from the session's client address; others
-are closed at once and counted.  It stops listening after the first accepted
+are closed at once and counted.  It logs no line of its own when it opens or closes
+(Twisted's ports do, two per listener).  It stops listening after the first accepted
 connection, and gives its port back to the allocator on every path.  Ports are
 held in the client address's name, so one address gets no more than its share
 of the range (see :mod:`ftpsproxy.data.ports`).
@@ -23,6 +24,7 @@ from twisted.logger import Logger
 
 from ftpsproxy.data.ports import PortAllocator, Refusal
 from ftpsproxy.net.factories import PrebuiltFactory
+from ftpsproxy.net.twisted_internals import listen_tcp_quietly
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.tls.bulk import BulkTLSFactory
 from ftpsproxy.tls.server import ServerTLS
@@ -84,8 +86,8 @@ class PassiveListener:
                 refusal = port
                 break
             try:
-                self._listening = self._reactor.listenTCP(
-                    port, _Accepting(self._accept), backlog=8, interface=interface
+                self._listening = listen_tcp_quietly(
+                    self._reactor, port, _Accepting(self._accept), 8, interface
                 )
             except CannotListenError as error:
                 # Someone else holds this port; leave it out of rotation briefly.
@@ -162,7 +164,8 @@ class BackendDataListener:
 
     def start(self, interface: str) -> tuple[str, int]:
         """Listen on *interface*; returns the (host, port) to announce to the backend."""
-        self._listening = self._reactor.listenTCP(0, _Accepting(self._accept), 1, interface)
+        accepting = _Accepting(self._accept)
+        self._listening = listen_tcp_quietly(self._reactor, 0, accepting, 1, interface)
         address = self._listening.getHost()
         return interface, int(address.port)  # type: ignore[attr-defined]
 

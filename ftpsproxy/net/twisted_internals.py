@@ -3,12 +3,13 @@
 Twisted's public API does not offer some things the proxy needs: batching TLS writes
 and holding back TLS 1.3 session tickets on data connections (``tls/bulk.py``), taking
 a connection's queued output when ``splice(2)`` takes over its socket
-(``data/splice.py``), failing at start-up when a listening port is taken, knowing when
-a listener is bound, and closing a listening socket a worker process shares without
-``shutdown()`` (``ops/``).  Each of those touches a name Twisted may rename or drop in
-any release without a deprecation.  So the rest of the package goes through the
-functions and the :class:`TLSMemoryBIOHooks` class below, and :data:`INTERNALS` lists
-what they rely on: :func:`problems` checks each against the installed Twisted, and
+(``data/splice.py``), passive listeners that do not log two lines each (``data/passive.py``),
+failing at start-up when a listening port is taken, knowing when a listener is bound, and
+closing a listening socket a worker process shares without ``shutdown()`` (``ops/``).
+Each of those touches a name Twisted may rename or drop in any release without a
+deprecation.  So the rest of the package goes through the functions and the
+:class:`TLSMemoryBIOHooks` and :class:`QuietPort` classes below, and :data:`INTERNALS`
+lists what they rely on: :func:`problems` checks each against the installed Twisted, and
 ``tests/test_internals.py`` fails, naming the internal and the Twisted version, when
 one has changed.  ``pyproject.toml`` bounds Twisted to the releases that test passed on.
 
@@ -26,15 +27,21 @@ from typing import Any
 from OpenSSL.SSL import Connection
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import abstract, tcp
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.protocol import ServerFactory
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 __all__ = [
     "INTERNALS",
     "Internal",
+    "QuietPort",
     "TLSMemoryBIOHooks",
     "aborting",
     "close_without_shutdown",
+    "listen_tcp_quietly",
     "listener_bound",
     "pending_output",
     "problems",
@@ -143,6 +150,35 @@ def listener_bound(service: StreamServerEndpointService) -> bool:
     return waiting is not None and bool(waiting.called)
 
 
+class QuietPort(tcp.Port):
+    """A TCP listening port that logs neither its start nor its close.
+
+    ``tcp.Port`` logs ``<factory> starting on N`` and ``(TCP Port N Closed)`` for every
+    port, whatever the factory's ``noisy``: for passive listeners (one per ``PASV``)
+    that was a third of all log lines.
+    """
+
+    def startListening(self) -> None:
+        # The start line is a legacy ``log.msg``, which takes its fields from the log
+        # context: an empty format makes it an event no observer writes as a line.
+        legacy_log.callWithContext({"log_format": ""}, super().startListening)
+
+    def _logConnectionLostMsg(self) -> None:
+        """Twisted's close line: none."""
+
+
+def listen_tcp_quietly(
+    reactor: Any, port: int, factory: ServerFactory, backlog: int, interface: str
+) -> IListeningPort:
+    """``reactor.listenTCP`` with a :class:`QuietPort` (a test's memory reactor: its own)."""
+    if not isinstance(reactor, PosixReactorBase):
+        listening: IListeningPort = reactor.listenTCP(port, factory, backlog, interface)
+        return listening
+    quiet = QuietPort(port, factory, backlog, interface, reactor)
+    quiet.startListening()
+    return quiet
+
+
 def close_without_shutdown(port: tcp.Port) -> None:
     """Make closing *port* only close our descriptor, without ``shutdown()``.
 
@@ -209,6 +245,8 @@ INTERNALS: tuple[Internal, ...] = (
              "stops the start (ops/)", used_in="privilegedStartService"),
     Internal(StreamServerEndpointService, "_waitingForPort", "is read: /readyz waits for "
              "the listeners (ops/)", set_in="__init__", used_in="privilegedStartService"),
+    Internal(tcp.Port, "_logConnectionLostMsg", "is overridden: passive listeners log no "
+             "close line (data/passive.py)", parameters=("self",), used_in="connectionLost"),
     Internal(tcp.Port, "_shouldShutdown", "is set: the master closes its listening "
              "sockets without shutdown(), which would stop the workers' accepts (ops/)",
              used_in="_closeSocket"),

@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -52,15 +53,22 @@ class HealthResource(Resource):
         return problem.encode() + b"\n"
 
 
+class QuietSite(Site):
+    """A site without an access log: a line per scrape would drown the sessions' lines."""
+
+    noisy = False
+    displayTracebacks = False
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
 def metrics_site(metrics: Metrics, ready: Callable[[], str | None]) -> Site:
     root = Resource()
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource(lambda: None))
     root.putChild(b"readyz", HealthResource(ready))
-    site = Site(root)
-    site.noisy = False
-    site.displayTracebacks = False
-    return site
+    return QuietSite(root)
 
 
 def _answer_later(request: Request, answer: Deferred[tuple[int, bytes, bytes]]) -> int:
@@ -126,7 +134,4 @@ def supervisor_site(
     root.putChild(b"metrics", DeferredMetricsResource(render_metrics))
     root.putChild(b"healthz", HealthResource(lambda: None))
     root.putChild(b"readyz", DeferredHealthResource(ready))
-    site = Site(root)
-    site.noisy = False
-    site.displayTracebacks = False
-    return site
+    return QuietSite(root)

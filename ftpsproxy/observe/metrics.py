@@ -73,14 +73,16 @@ class Metrics:
         )
         self.tls_handshake_failures = Counter(
             "ftpsproxy_tls_handshake_failures",
-            "TLS handshakes that failed, by side, channel and reason "
-            "(verification, protocol, timeout, closed, session_reuse).",
+            "TLS handshakes that failed, by side, channel (control, data, probe: the "
+            "backend health probe) and reason (verification, protocol, timeout, closed, "
+            "session_reuse).",
             ["side", "channel", "reason"],
             registry=r,
         )
         self.tls_handshakes = Counter(
             "ftpsproxy_tls_handshakes",
-            "TLS handshakes completed, by side, channel and protocol version.",
+            "TLS handshakes completed, by side, channel (control, data, probe) and protocol "
+            "version.",
             ["side", "channel", "version"],
             registry=r,
         )
@@ -152,7 +154,8 @@ class Metrics:
         )
         self.backend_up = Gauge(
             "ftpsproxy_backend_up",
-            "1 when the backend accepted the last TCP health probe, else 0.",
+            "1 when the last health probe set up a backend session as a login would "
+            "(connect, 220 greeting, TLS with verification, PBSZ/PROT), else 0.",
             registry=r,
         )
         self.backend_connect_seconds = Histogram(

@@ -1,4 +1,4 @@
-"""The top service of a proxy process: its configuration, SIGHUP, SIGTERM and JSON logs.
+"""The top service of a proxy process: its configuration, SIGHUP, SIGTERM/SIGINT and JSON logs.
 
 Shared by the single-process proxy (``ftpsproxy.ops.service``) and the master of
 ``--workers N`` (``ftpsproxy.ops.supervisor``), so both read the configuration
@@ -7,11 +7,13 @@ again, log what changed and stop on SIGTERM in the same words.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Container
 from typing import Any, ClassVar
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.logger import ILogObserver, Logger
 
 from ftpsproxy.observe.logs import JSONLineObserver
@@ -27,12 +29,12 @@ log = Logger()
 class ProcessService(MultiService):
     """The configuration a process runs with; SIGHUP reads it again, SIGTERM stops gracefully.
 
-    SIGTERM stops the reactor, which stops this service: subclasses drain in
-    ``stopService``.  Subclasses define ``reload`` (SIGHUP).
+    SIGTERM (or SIGINT, Ctrl-C) stops the reactor, which stops this service: subclasses
+    drain in ``stopService``.  Subclasses define ``reload`` (SIGHUP).
     """
 
-    #: Logged on the first SIGTERM; ``{s}`` is ``--drain-timeout``.
-    terminate_message: ClassVar[str] = "SIGTERM: draining sessions for up to {s}s"
+    #: Logged on the first SIGTERM or SIGINT (``{signal}``); ``{s}`` is ``--drain-timeout``.
+    terminate_message: ClassVar[str] = "{signal}: draining sessions for up to {s}s"
 
     def __init__(
         self, config: Config, reactor: Any, reread_config: Callable[[], Config] | None
@@ -86,13 +88,19 @@ class ProcessService(MultiService):
         self.config = change.config
         return change
 
-    def _terminate(self) -> None:
+    def ignore_sigint(self) -> None:
+        """Leave Ctrl-C to another process (a worker's master): SIGINT is ignored."""
+        self._signals.ignore_sigint = True
+
+    def _terminate(self, signal: str) -> None:
         if self._terminating:
-            log.info("SIGTERM again: still draining")
+            log.info("{signal}: already stopping", signal=signal)
             return
         self._terminating = True
-        log.info(self.terminate_message, s=self.config.drain_timeout)
-        self._reactor.stop()
+        log.info(self.terminate_message, signal=signal, s=self.config.drain_timeout)
+        # The reactor may be stopping already (twistd's own SIGINT handler, before ours).
+        with contextlib.suppress(ReactorNotRunning):
+            self._reactor.stop()
 
     def startService(self) -> None:
         super().startService()

@@ -179,6 +179,14 @@ class ProxyService(ProcessService):
             if sessions and reactor.seconds() < deadline:
                 reactor.callLater(0.1, check)
                 return
+            if sessions:
+                log.warn(
+                    "drain timeout ({s}s) passed: cutting {sessions} session(s) still busy, "
+                    "{transfers} of them mid-transfer",
+                    s=self.config.drain_timeout,
+                    sessions=len(sessions),
+                    transfers=sum(1 for session in sessions if session.transferring),
+                )
             for session in list(sessions):
                 session.force_close()
             # Let the final replies and TLS close_notify go out before the reactor stops.
@@ -211,7 +219,7 @@ class ProxyService(ProcessService):
         if self.draining:
             return "draining"
         if self.health.up is False:
-            return f"backend {self.config.backend.url} unreachable"
+            return f"backend {self.config.backend.url} not ready: {self.health.reason}"
         if self.health.up is None:
             return "backend not probed yet"
         for listener in self._listeners:

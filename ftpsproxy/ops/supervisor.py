@@ -107,7 +107,7 @@ def _unix_endpoint(path: Path) -> str:
 class WorkerSupervisor(ProcessService):
     """The master of ``--workers N``: listeners, worker processes, signals, one metrics site."""
 
-    terminate_message = "SIGTERM: stopping the workers; their sessions drain for up to {s}s"
+    terminate_message = "{signal}: stopping the workers; their sessions drain for up to {s}s"
 
     def __init__(
         self,

@@ -29,11 +29,11 @@ from twisted.internet.interfaces import (
     IReadDescriptor,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger, globalLogBeginner, jsonFileLogObserver
+from twisted.logger import Logger, globalLogBeginner
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 from zope.interface import implementer
 
+from ftpsproxy.observe.logs import forwarding_observer
 from ftpsproxy.ops.service import ProxyService
 from ftpsproxy.ops.workerspec import SPEC_ENV, WorkerSpec
 from ftpsproxy.settings.errors import ConfigError
@@ -87,14 +87,6 @@ class ParentPipe:
         return "master"
 
 
-def _quiet_private_site(service: ProxyService) -> None:
-    """No access-log line for the master's scrapes of this worker (one per scrape of the master)."""
-    for child in service:
-        site = getattr(child, "factory", None)
-        if isinstance(site, Site):
-            site.log = lambda request: None  # type: ignore[method-assign]
-
-
 class _Master:
     gone = False
 
@@ -107,7 +99,7 @@ class _Master:
 
 def main() -> int:
     spec = WorkerSpec.from_json(os.environ.pop(SPEC_ENV))
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)], redirectStandardIO=True)
+    globalLogBeginner.beginLoggingTo([forwarding_observer(sys.stdout)], redirectStandardIO=True)
     from twisted.internet import reactor
 
     try:
@@ -117,7 +109,7 @@ def main() -> int:
             for option, description, fd in spec.listeners
         }
         service = ProxyService(config, reactor, reread_config=spec.read_config, endpoints=endpoints)
-        _quiet_private_site(service)
+        service.ignore_sigint()  # Ctrl-C in a terminal reaches the master too, which stops us
         service.privilegedStartService()
         service.startService()
     except ConfigError as error:
@@ -125,8 +117,6 @@ def main() -> int:
         return 2
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.addReader(ParentPipe(0, _Master.lost))
-    # After the reactor's own handlers; SIGINT from a terminal reaches the master too.
-    reactor.callWhenRunning(reactor.callLater, 0, signal.signal, signal.SIGINT, signal.SIG_IGN)
     reactor.run()
     if _Master.gone and spec.runtime_dir is not None:
         # Nobody else will remove it; the last worker out (its socket gone) succeeds.

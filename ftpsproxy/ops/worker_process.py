@@ -13,8 +13,13 @@ from typing import Any, Protocol, TextIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import ILogObserver
 from twisted.python.failure import Failure
 from twisted.web.client import URI
@@ -96,6 +101,23 @@ class WorkerProtocol(ProcessProtocol):
         self._supervisor.worker_ended(self._worker, reason)
 
 
+@implementer(IStreamClientEndpoint)
+class _QuietEndpoint:
+    """Connects with a factory that logs no ``Starting factory``/``Stopping factory`` lines.
+
+    ``HTTPConnectionPool`` makes its own factory (``noisy``) for every connection it opens.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        if isinstance(protocolFactory, Factory):
+            protocolFactory.noisy = False
+        connected: Deferred[IProtocol] = self._endpoint.connect(protocolFactory)
+        return connected
+
+
 @implementer(IAgentEndpointFactory)
 class WorkerSockets:
     """``http://worker<i>/...`` goes to worker *i*'s private UNIX socket."""
@@ -107,7 +129,8 @@ class WorkerSockets:
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         worker = self._workers[int(uri.host.removeprefix(b"worker"))]
         assert worker.metrics_path is not None
-        return UNIXClientEndpoint(self._reactor, str(worker.metrics_path), SCRAPE_TIMEOUT)
+        path = str(worker.metrics_path)
+        return _QuietEndpoint(UNIXClientEndpoint(self._reactor, path, SCRAPE_TIMEOUT))
 
 
 @implementer(ILogObserver)

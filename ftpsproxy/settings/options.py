@@ -241,7 +241,10 @@ class Config:
         SECONDS, 900.0, "Seconds without a command, outside transfers", reloadable=True
     )
     drain_timeout: float = option(
-        SECONDS, 30.0, "On SIGTERM, seconds running transfers get to finish", reloadable=True
+        SECONDS,
+        30.0,
+        "On SIGTERM or SIGINT, seconds running transfers get to finish",
+        reloadable=True,
     )
     data_stall_timeout: float = option(
         SECONDS,
@@ -289,7 +292,7 @@ class Config:
         ENDPOINT, None, "Endpoint for /metrics, /healthz, /readyz, e.g. tcp:9102"
     )
     health_interval: float = option(
-        SECONDS, 5.0, "Seconds between TCP probes of the backend for /readyz"
+        SECONDS, 5.0, "Seconds between backend probes (connect, greeting, TLS) for /readyz"
     )
     health_rise: int = option(
         COUNT, 2, "Good probes in a row that bring a backend that was down back into use"

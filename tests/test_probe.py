@@ -1,0 +1,235 @@
+"""The backend health probe: its sans-IO judgement, and its I/O over in-memory connections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs
+
+from ftpsproxy.control.backend import BackendConnector, BackendSetupError, BackendTLSError
+from ftpsproxy.control.health import BackendHealth
+from ftpsproxy.control.probe import probe_backend
+from ftpsproxy.control.probe_outcome import ProbeOutcome, probe_failed, probe_succeeded
+from ftpsproxy.control.readiness import NOT_PROBED, BackendReadiness
+from ftpsproxy.ftp.greeting import Greeting, judge_greeting, refusal
+from ftpsproxy.ftp.replies import ReplyParser
+from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.settings.values import BackendAddress
+
+PLAIN = BackendAddress("ftp", "127.0.0.1", 2121)
+TIMEOUT = 3.0
+
+# -- the greeting ------------------------------------------------------------------------------
+
+
+def _greeting(wire: bytes) -> list[Greeting]:
+    return [judge_greeting(reply) for reply in ReplyParser().feed(wire)]
+
+
+def test_multi_line_220_greeting_is_ready() -> None:
+    wire = b"220-Welcome\r\n220-to the\r\n 421 not a reply line\r\n220 server\r\n"
+    assert _greeting(wire) == [Greeting.READY]
+
+
+def test_120_then_220_waits_then_is_ready() -> None:
+    assert _greeting(b"120 ready in 1 minute\r\n220 ready\r\n") == [
+        Greeting.PENDING,
+        Greeting.READY,
+    ]
+
+
+@pytest.mark.parametrize("wire", [b"421 Too many users\r\n", b"530 go away\r\n", b"200 ok\r\n"])
+def test_any_other_greeting_is_refused_with_its_code_and_text(wire: bytes) -> None:
+    [reply] = ReplyParser().feed(wire)
+    assert judge_greeting(reply) is Greeting.REFUSED
+    assert refusal(reply) == f"greeting {reply.code}: {reply.text}"
+
+
+# -- the outcome -------------------------------------------------------------------------------
+
+
+def test_verification_failure_is_a_tls_handshake_failure_with_its_label() -> None:
+    error = BackendTLSError(
+        "certificate verification failed: unable to get local issuer certificate",
+        kind="verification",
+    )
+    outcome = probe_failed(error)
+    assert outcome == ProbeOutcome(
+        up=False,
+        reason="TLS handshake failed: certificate verification failed: "
+        "unable to get local issuer certificate",
+        tls_failure="verification",
+    )
+
+
+def test_protocol_failure_keeps_its_own_tls_wording() -> None:
+    error = BackendTLSError("TLS handshake failed: wrong version number", kind="protocol")
+    outcome = probe_failed(error)
+    assert outcome.reason == "TLS handshake failed: wrong version number"
+    assert outcome.tls_failure == "protocol"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (BackendSetupError("greeting 421: Too many users"), "greeting 421: Too many users"),
+        (BackendSetupError("no greeting within 10s", kind="timeout"), "no greeting within 10s"),
+        (BackendSetupError("AUTH TLS refused: 500 no"), "AUTH TLS refused: 500 no"),
+        (ConnectionError("cannot connect: refused"), "unreachable: cannot connect: refused"),
+    ],
+)
+def test_other_failures_are_down_without_a_tls_label(error: Exception, reason: str) -> None:
+    assert probe_failed(error) == ProbeOutcome(up=False, reason=reason)
+
+
+def test_reason_has_no_control_characters_and_is_bounded() -> None:
+    outcome = probe_failed(BackendSetupError("greeting 421: \x1b[31mred\x07" + "x" * 1000))
+    assert outcome.reason.startswith("greeting 421: ?[31mred?x")
+    assert len(outcome.reason) == 300 and outcome.reason.isprintable()
+
+
+def test_success_carries_the_tls_version() -> None:
+    assert probe_succeeded("TLSv1.3") == ProbeOutcome(up=True, tls_version="TLSv1.3")
+
+
+# -- readiness ---------------------------------------------------------------------------------
+
+
+def test_readiness_reports_only_changes() -> None:
+    readiness = BackendReadiness()
+    assert (readiness.up, readiness.reason) == (None, NOT_PROBED)
+    first = readiness.record(probe_succeeded(None))
+    assert first is not None and first.up and first.first
+    assert readiness.record(probe_succeeded(None)) is None
+    down = readiness.record(ProbeOutcome(up=False, reason="greeting 421: busy"))
+    assert down is not None and not down.up and not down.first
+    assert down.reason == "greeting 421: busy"
+    # Still down for another reason: no change to log, but /readyz shows the latest reason.
+    assert readiness.record(ProbeOutcome(up=False, reason="no greeting within 10s")) is None
+    assert (readiness.up, readiness.reason) == (False, "no greeting within 10s")
+    back = readiness.record(probe_succeeded(None))
+    assert back is not None and back.up and not back.first and readiness.reason == ""
+
+
+def test_first_probe_down_is_a_change() -> None:
+    change = BackendReadiness().record(ProbeOutcome(up=False, reason="x"))
+    assert change is not None and change.first and not change.up
+
+
+# -- the probe's I/O, through the session's BackendConnector -------------------------------------
+
+
+def _accept(reactor: MemoryReactorClock, index: int = -1) -> tuple[Any, StringTransport]:
+    """Complete the connection the connector asked the reactor for."""
+    host, port, factory, *_ = reactor.tcpClients[index]
+    protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def _connector(reactor: MemoryReactorClock) -> BackendConnector:
+    return BackendConnector(reactor, PLAIN, TIMEOUT)
+
+
+def _probe(reactor: MemoryReactorClock) -> list[ProbeOutcome]:
+    outcomes: list[ProbeOutcome] = []
+    probe_backend(_connector(reactor), reactor).addCallback(outcomes.append)
+    return outcomes
+
+
+def test_probe_reads_the_greeting_says_quit_and_closes() -> None:
+    reactor = MemoryReactorClock()
+    outcomes = _probe(reactor)
+    protocol, transport = _accept(reactor)
+    assert transport.value() == b"" and outcomes == []  # nothing before the greeting
+    protocol.dataReceived(b"220-Welcome\r\n220 ready\r\n")
+    assert transport.value() == b"QUIT\r\n" and outcomes == []
+    protocol.dataReceived(b"221 Goodbye.\r\n")
+    assert outcomes == [ProbeOutcome(up=True)]
+    assert transport.disconnecting  # closed by us, gracefully
+    assert [call.getTime() for call in reactor.getDelayedCalls()] == [TIMEOUT]  # close deadline
+
+
+def test_probe_without_an_answer_to_quit_is_up_and_aborts_after_the_timeout() -> None:
+    reactor = MemoryReactorClock()
+    outcomes = _probe(reactor)
+    protocol, transport = _accept(reactor)
+    protocol.dataReceived(b"220 ready\r\n")
+    reactor.advance(TIMEOUT)
+    assert outcomes == [ProbeOutcome(up=True)]
+    assert transport.disconnecting or transport.disconnected
+
+
+def test_probe_of_a_silent_backend_fails_after_the_connect_timeout_and_aborts() -> None:
+    reactor = MemoryReactorClock()
+    outcomes = _probe(reactor)
+    _, transport = _accept(reactor)
+    reactor.advance(TIMEOUT - 0.1)
+    assert outcomes == []
+    reactor.advance(0.1)
+    assert outcomes == [ProbeOutcome(up=False, reason=f"no greeting within {TIMEOUT:g}s")]
+    assert transport.disconnected  # aborted: the backend sees the connection go
+
+
+def test_probe_of_a_refusing_backend_fails_with_the_greeting() -> None:
+    reactor = MemoryReactorClock()
+    outcomes = _probe(reactor)
+    protocol, transport = _accept(reactor)
+    protocol.dataReceived(b"421-Too many\r\n421 users\r\n")
+    assert outcomes == [ProbeOutcome(up=False, reason="greeting 421: Too many")]
+    assert transport.value() == b"" and transport.disconnected
+
+
+def test_probe_of_a_closed_port_is_unreachable() -> None:
+    reactor = MemoryReactorClock()
+    outcomes = _probe(reactor)
+    connector = reactor.connectors[-1]
+    _, _, factory, *_ = reactor.tcpClients[-1]
+    factory.clientConnectionFailed(connector, ConnectionRefusedError())
+    [outcome] = outcomes
+    assert not outcome.up and outcome.reason.startswith("unreachable: cannot connect: ")
+
+
+# -- BackendHealth: metrics and one log line per change ------------------------------------------
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_health_logs_once_per_change_and_sets_the_gauge() -> None:
+    reactor = MemoryReactorClock()
+    metrics = Metrics()
+    health = BackendHealth(_connector(reactor), metrics, interval=5)
+    with capturedLogs() as events:
+        health.start(reactor)
+        for greeting in (b"220 ok\r\n", b"220 ok\r\n", b"421 busy\r\n", b"421 busy\r\n"):
+            protocol, _ = _accept(reactor)
+            protocol.dataReceived(greeting)
+            if greeting.startswith(b"220"):
+                protocol.dataReceived(b"221 bye\r\n")
+            assert health.up is greeting.startswith(b"220")
+            assert _sample(metrics, "ftpsproxy_backend_up") == (1 if health.up else 0)
+            reactor.advance(5)
+    health.stop()
+    lines = [event["log_format"] for event in events]
+    assert lines == ["backend {backend} is ready", "backend {backend} not ready: {why}"]
+    assert events[1]["why"] == "greeting 421: busy" == health.reason
+    assert len(reactor.tcpClients) == 5  # one probe at a time, every interval
+
+
+def test_health_counts_tls_failures_under_the_probe_channel() -> None:
+    health = BackendHealth(_connector(MemoryReactorClock()), metrics := Metrics(), interval=5)
+    error = BackendTLSError("certificate verification failed: x", kind="verification")
+    health._record(probe_failed(error))
+    health._record(probe_succeeded("TLSv1.3"))
+    failures = "ftpsproxy_tls_handshake_failures_total"
+    assert _sample(metrics, failures, side="backend", channel="probe", reason="verification") == 1
+    done = "ftpsproxy_tls_handshakes_total"
+    assert _sample(metrics, done, side="backend", channel="probe", version="TLSv1.3") == 1
+    assert _sample(metrics, "ftpsproxy_backend_connects_total", result="tls") is None
