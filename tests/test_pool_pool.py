@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ftpsproxy.pool import AdminState, CheckResult, HealthState, Lease, Policy, Pool, Source
+from ftpsproxy.settings.errors import ConfigError
 from tests.support.pools import backend, backends
 
 DOWN = CheckResult.failed("connection refused")
@@ -190,3 +194,23 @@ def test_candidates_are_always_usable_and_caps_are_never_exceeded(
         for b in configured:
             assert b.max_sessions is None or pool.sessions(b.name) <= b.max_sessions
             assert pool.sessions(b.name) == sum(1 for lease in live if lease.backend == b.name)
+
+
+def test_a_refused_reload_leaves_the_pool_as_it_was() -> None:
+    pool = Pool(backends("a", "b"))
+    with pytest.raises(ConfigError, match="unique"):
+        pool.update(backends("c", "c"))
+    assert [b.name for b in pool.backends] == ["a", "b"]
+
+
+def test_the_pool_imports_no_reactor_and_no_upper_layer() -> None:
+    code = (
+        "import sys, ftpsproxy.pool; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'twisted' "
+        "or m.startswith(('ftpsproxy.control', 'ftpsproxy.data', 'ftpsproxy.tls', "
+        "'ftpsproxy.ops', 'ftpsproxy.observe', 'ftpsproxy.net'))))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "[]"
