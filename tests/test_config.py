@@ -61,8 +61,17 @@ def test_errors_name_the_key(values: dict[str, object], key: str) -> None:
 def test_toml_file_with_unknown_key(tmp_path: Path) -> None:
     path = tmp_path / "proxy.toml"
     path.write_text('backend = "ftp://127.0.0.1:21"\nlisten = ["tcp:2121"]\nlisen = 1\n')
-    with pytest.raises(ConfigError, match="lisen"):
+    with pytest.raises(ConfigError) as raised:
         load_toml(path)
+    assert str(raised.value) == f"config {path}: unknown key 'lisen' (did you mean 'listen'?)"
+
+
+def test_toml_file_with_a_key_like_no_other_gets_no_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text("zzzz = 1\n")
+    with pytest.raises(ConfigError) as raised:
+        load_toml(path)
+    assert str(raised.value) == f"config {path}: unknown key 'zzzz'"
 
 
 def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:

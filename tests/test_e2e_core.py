@@ -92,9 +92,8 @@ def start_proxy(
                 ports=[port, implicit_port, metrics_port],
             )  # fmt: skip
         except ProxyError as error:
-            if "Address already in use" not in str(error) or attempt == 2:
+            if "address already in use" not in str(error) or attempt == 2:
                 raise
-            error.proxy.bind_error_expected = True
             continue
         return Proxied(backend, pki, port, implicit_port, metrics_port, (low, high), proxy)
     raise AssertionError("unreachable")

@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-from twisted.python import usage
 
-from ftpsproxy.ops.tap import Options
+from ftpsproxy.ops.tap import Options, usage_error_line
 from ftpsproxy.settings.config import build_config, load_toml
 from ftpsproxy.settings.errors import ConfigError
 from ftpsproxy.settings.options import FILE_OPTIONS, OPTIONS, RELOADABLE, Config, as_written
@@ -94,9 +93,31 @@ def test_command_line_gives_flags_lists_and_choices() -> None:
     assert config.tls_minimum_version is TLSVersion.V1_2
 
 
-def test_bad_choice_on_the_command_line_is_a_usage_error_naming_the_option() -> None:
-    with pytest.raises(usage.UsageError, match=r"^data-path: 'kernel' is not one of splice, copy$"):
+def test_bad_choice_on_the_command_line_is_one_line_naming_the_option() -> None:
+    with pytest.raises(SystemExit) as raised:
         Options().parseOptions(["--listen", "tcp:2121", "-b", "ftp://h", "--data-path", "kernel"])
+    assert raised.value.code == "ftpsproxy: data-path: 'kernel' is not one of splice, copy"
+
+
+@pytest.mark.parametrize(
+    ("message", "line"),
+    [
+        (
+            "option --idle-timout not recognized",
+            "--idle-timout: unknown option (did you mean '--idle-timeout'?)",
+        ),
+        ("option --lsten not recognized", "--lsten: unknown option (did you mean '--listen'?)"),
+        ("option --zzzzzz not recognized", "--zzzzzz: unknown option"),
+        ("option --backend requires argument", "--backend: needs a value"),
+        (
+            "option --require-tls must not have an argument",
+            "--require-tls: is a flag and takes no value",
+        ),
+        ("backend: required", "backend: required"),
+    ],
+)
+def test_getopts_words_become_the_operators(message: str, line: str) -> None:
+    assert usage_error_line(message) == line
 
 
 @pytest.mark.parametrize(

@@ -420,33 +420,6 @@ def test_wait_until_returns_the_time_or_says_what_it_waited_for() -> None:
         wait_until(lambda: False, 0.05, interval=0.01, error=lambda: TimeoutError("late"))
 
 
-_BIND_TRACEBACK = """\
-T [twisted.scripts._twistd_unix.UnixAppLogger#info] reactor class: EPollReactor.
-T [stderr#error] Traceback (most recent call last):
-T [stderr#error]   File "twisted/internet/tcp.py", line 1434, in startListening
-T [stderr#error] OSError: [Errno 98] Address already in use
-T [stderr#error] During handling of the above exception, another exception occurred:
-T [stderr#error] Traceback (most recent call last):
-T [stderr#error]     raise CannotListenError(self.interface, self.port, le)
-T [stderr#error] twisted.internet.error.CannotListenError: Couldn't listen on 127.0.0.1:4: \
-[Errno 98] Address already in use.
-"""
-
-
-def test_only_an_expected_bind_error_may_leave_a_traceback(tmp_path: Path) -> None:
-    proxy = ProxyProcess([], tmp_path / "proxy")
-    proxy.workdir.mkdir()
-    proxy.log_path.write_text(_BIND_TRACEBACK)
-    assert proxy.has_unhandled_errors()  # nobody said the port would be taken
-    proxy.bind_error_expected = True
-    assert not proxy.has_unhandled_errors()
-    with proxy.log_path.open("a") as log:
-        log.write("T [ftpsproxy.control.session#critical] Unhandled Error\n")
-    assert proxy.has_unhandled_errors()  # anything else still counts
-    proxy.log_path.write_text(_BIND_TRACEBACK.replace("Address already in use.", "EACCES"))
-    assert proxy.has_unhandled_errors()  # another bind error is not a lost port race
-
-
 def test_java_client_needs_commons_net(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A missing jar is a skip, or a failure under CI=true, like a missing tool."""
     monkeypatch.setattr(interop_clients, "COMMONS_NET_JAR", tmp_path / "missing.jar")

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 USER, PASSWORD = "demo", "demo"
+#: Below Linux's default ephemeral ports (32768-60999), so the proxy has no warning to give.
+PASSIVE_PORTS = "30000-30019"
 
 
 def make_self_signed(directory: Path) -> tuple[Path, Path]:
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=2121, help="explicit FTPS / plain FTP port")
     parser.add_argument("--implicit-port", type=int, default=9900, help="implicit FTPS port")
     parser.add_argument("--backend-port", type=int, default=2100)
-    parser.add_argument("--passive-ports", default="41000-41019")
+    parser.add_argument("--passive-ports", default=PASSIVE_PORTS)
     parser.add_argument("--metrics-port", type=int, default=9102)
     args = parser.parse_args(argv)
 

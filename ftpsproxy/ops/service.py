@@ -15,10 +15,11 @@ from ftpsproxy.control.context import ProxyContext
 from ftpsproxy.control.frontend import frontend_factory
 from ftpsproxy.control.health import BackendHealth
 from ftpsproxy.data.ports import PortAllocator
-from ftpsproxy.net.twisted_internals import listener_bound, raise_listen_errors_at_start
+from ftpsproxy.net.twisted_internals import listener_bound
 from ftpsproxy.observe.http import metrics_site
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.observe.xferlog import XferLog
+from ftpsproxy.ops.listeners import OptionListener
 from ftpsproxy.ops.process import ProcessService
 from ftpsproxy.settings.config import Config, ConfigChange
 from ftpsproxy.settings.errors import ConfigError
@@ -209,9 +210,8 @@ class ProxyService(ProcessService):
         self, reactor: Any, option: str, description: str, factory: Any
     ) -> StreamServerEndpointService:
         endpoint = self._endpoint(reactor, option, description)
-        service = StreamServerEndpointService(endpoint, factory)
         # A port that cannot be bound stops the process instead of running half-configured.
-        raise_listen_errors_at_start(service)
+        service = OptionListener(option, description, endpoint, factory)
         service.setServiceParent(self)
         return service
 

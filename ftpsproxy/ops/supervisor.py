@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, Protocol
@@ -38,9 +37,10 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 
 from ftpsproxy.net.timers import cancel_call
-from ftpsproxy.net.twisted_internals import close_without_shutdown, raise_listen_errors_at_start
+from ftpsproxy.net.twisted_internals import close_without_shutdown
 from ftpsproxy.observe.http import supervisor_site
 from ftpsproxy.observe.metrics import SupervisorMetrics
+from ftpsproxy.ops.listeners import OptionListener, listen_now
 from ftpsproxy.ops.process import ProcessService
 from ftpsproxy.ops.service import ProxyService, parse_endpoint
 from ftpsproxy.ops.worker_process import (
@@ -61,7 +61,6 @@ from ftpsproxy.ops.workerspec import (
     worker_cli,
 )
 from ftpsproxy.settings.config import Config
-from ftpsproxy.settings.errors import ConfigError
 
 log = Logger()
 
@@ -77,17 +76,6 @@ class _NeverAccepting(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         return None
-
-
-def _listen_now(endpoint: Any, factory: Factory) -> Any:
-    """Listen on *endpoint* at once (stream endpoints bind synchronously) or raise why not."""
-    results: list[Any] = []
-    endpoint.listen(factory).addBoth(results.append)
-    if not results:
-        raise ConfigError(f"{endpoint!r} did not bind at once")
-    if isinstance(results[0], Failure):
-        results[0].raiseException()
-    return results[0]
 
 
 def _private_dir() -> Path:
@@ -144,9 +132,8 @@ class WorkerSupervisor(ProcessService):
         self._scraper = WorkerScraper(reactor, self.workers, self.metrics)
         if config.metrics:
             site = supervisor_site(self.render_metrics, self.ready_problem)
-            service = StreamServerEndpointService(self._parse("metrics", config.metrics), site)
-            raise_listen_errors_at_start(service)
-            service.setServiceParent(self)
+            endpoint = self._parse("metrics", config.metrics)
+            OptionListener("metrics", config.metrics, endpoint, site).setServiceParent(self)
 
     def _parse(self, option: str, description: str) -> Any:
         return parse_endpoint(self._reactor, option, description)
@@ -190,7 +177,7 @@ class WorkerSupervisor(ProcessService):
         if self._ports:
             return
         for option, description, endpoint in self._endpoints:
-            port = _listen_now(endpoint, _NeverAccepting())
+            port = listen_now(option, description, endpoint, _NeverAccepting())
             port.stopReading()  # the workers accept; the master only keeps the socket open
             self._ports.append(port)
             log.info(

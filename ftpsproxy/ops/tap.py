@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from ftpsproxy import __version__
 from ftpsproxy.settings.config import Config, build_config, load_toml
-from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.errors import ConfigError, did_you_mean
 from ftpsproxy.settings.options import OPTIONS, Option
+from ftpsproxy.settings.port_overlaps import ephemeral_overlap_warning
+from ftpsproxy.settings.values import PortRange
+
+log = Logger()
+
+#: getopt's words for an option it does not know, needing a value, or given one it takes none.
+_UNKNOWN = re.compile(r"^option (?P<option>-\S+) not recognized$")
+_NEEDS_VALUE = re.compile(r"^option (?P<option>-\S+) requires argument$")
+_TAKES_NO_VALUE = re.compile(r"^option (?P<option>-\S+) must not have an argument$")
+
+
+def usage_error_line(message: str) -> str:
+    """A usage error in the operator's words: the option first, the closest known option
+    suggested for a misspelt one (``--idle-timout: unknown option (did you mean
+    '--idle-timeout'?)``); other messages (already naming their option) unchanged."""
+    if match := _UNKNOWN.match(message):
+        given = match["option"]
+        names = [f"--{option.name}" for option in OPTIONS] + ["--help", "--version"]
+        return f"{given}: unknown option{did_you_mean(given, names)}"
+    if match := _NEEDS_VALUE.match(message):
+        return f"{match['option']}: needs a value"
+    if match := _TAKES_NO_VALUE.match(message):
+        return f"{match['option']}: is a flag and takes no value"
+    return message
 
 
 class Options(usage.Options):
@@ -47,6 +73,20 @@ class Options(usage.Options):
         for option in OPTIONS:
             if option.kind.repeated:
                 self[option.name] = []
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse, turning any usage error into one line on stderr and a non-zero exit.
+
+        twistd would print its whole ``--help`` before the one line that matters.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            raise SystemExit(f"ftpsproxy: {usage_error_line(str(error))}") from None
+
+    def parseArgs(self, *args: str) -> None:
+        if args:
+            raise usage.UsageError(f"{args[0]!r}: unexpected argument (options start with --)")
 
     def opt_version(self) -> None:
         """Print the ftpsproxy version and exit."""
@@ -93,6 +133,7 @@ def makeService(options: Options) -> IService:
     from ftpsproxy.ops.supervisor import WorkerSupervisor
 
     config = options.config
+    _warn_if_ephemeral(config.passive_ports)
     try:
         if config.workers > 1:
             return WorkerSupervisor(
@@ -105,3 +146,18 @@ def makeService(options: Options) -> IService:
         return ProxyService(config, reactor, reread_config=options.read_config)
     except ConfigError as error:
         raise SystemExit(f"ftpsproxy: {error}") from error
+
+
+def _warn_if_ephemeral(passive_ports: PortRange) -> None:
+    """One warning at start-up if outgoing connections may take passive ports (Linux)."""
+    try:
+        port_range = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+    except OSError:
+        return  # not Linux, or no /proc: nothing to compare with
+    try:
+        reserved = Path("/proc/sys/net/ipv4/ip_local_reserved_ports").read_text()
+    except OSError:
+        reserved = ""
+    warning = ephemeral_overlap_warning(passive_ports, port_range, reserved)
+    if warning is not None:
+        log.warn("{warning}", warning=warning)

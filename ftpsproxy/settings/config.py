@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ftpsproxy.settings.backends import read_pool
-from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.errors import ConfigError, did_you_mean
 from ftpsproxy.settings.options import FILE_OPTIONS, RELOADABLE, Config
+from ftpsproxy.settings.port_overlaps import check_passive_overlaps
 from ftpsproxy.settings.values import (
     BackendAddress,
     ClientCertificates,
@@ -52,7 +53,8 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config {path}: {error}") from error
     unknown = sorted(set(data) - set(FILE_OPTIONS))
     if unknown:
-        raise ConfigError(f"config {path}: unknown key {unknown[0]!r}")
+        hint = did_you_mean(unknown[0], FILE_OPTIONS)
+        raise ConfigError(f"config {path}: unknown key {unknown[0]!r}{hint}")
     return data
 
 
@@ -115,6 +117,14 @@ def _check_together(config: Config) -> None:
         )
     if not config.backends:
         config.pool[0].check("backend-")
+    check_passive_overlaps(
+        config.passive_ports,
+        [
+            *(("listen", each) for each in config.listen),
+            *(("listen-implicit", each) for each in config.listen_implicit),
+            *([("metrics", config.metrics)] if config.metrics else []),
+        ],
+    )
     if config.workers > config.passive_ports.size:
         raise ConfigError(
             f"workers: {config.workers} workers need at least as many passive ports "

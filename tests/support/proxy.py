@@ -20,15 +20,6 @@ STOP_GRACE = 10.0
 #: twistd re-raises the signal it stopped on, so a clean SIGTERM shutdown exits with -15.
 CLEAN_EXIT_CODES = (0, -signal.SIGTERM)
 _TCP_LISTEN = "0A"
-#: The traceback twistd prints when a listening port is taken: the lines from the first
-#: "Traceback" to the CannotListenError, all of them the process's stderr.
-_BIND_ERROR = re.compile(
-    r"^\S+ \[stderr#error\] Traceback \(most recent call last\):\n"
-    r"(?:\S+ \[stderr#error\] .*\n)*?"
-    r"\S+ \[stderr#error\] twisted\.internet\.error\.CannotListenError: "
-    r".*Address already in use.*$",
-    re.MULTILINE,
-)
 
 
 class ProxyError(RuntimeError):
@@ -124,11 +115,6 @@ class ProxyProcess(ManagedProcess):
         self.extra_env = dict(env or {})
         self.plugin = plugin
         super().__init__(self.workdir / "proxy.log")
-        #: Set where a failure to bind is the point: by ``start_proxy`` on a start that
-        #: lost a port race (another process took a chosen port first) and is retried
-        #: with other ports, or by a test that takes a port on purpose. twistd prints the
-        #: bind error's traceback, which the log check in conftest then accepts.
-        self.bind_error_expected = False
 
     @property
     def log_path(self) -> Path:
@@ -243,14 +229,9 @@ class ProxyProcess(ManagedProcess):
     # -- facts ---------------------------------------------------------------------
 
     def has_unhandled_errors(self) -> bool:
-        """Whether the log shows a traceback or an unhandled error.
-
-        With ``bind_error_expected`` the one traceback of a port already in use does
-        not count; any other still does.
-        """
+        """Whether the log shows a traceback or an unhandled error (a port that cannot
+        be bound is one line, not a traceback)."""
         log = self.log_text()
-        if self.bind_error_expected:
-            log = _BIND_ERROR.sub("", log, count=1)
         return "Traceback" in log or "Unhandled Error" in log
 
     def fd_count(self) -> int:
