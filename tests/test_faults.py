@@ -446,7 +446,9 @@ def test_client_reset_while_the_backend_never_greets(make_proxy: MakeProxy, pki:
         settle(proxied, baseline)
         wait_until(fake.all_closed, 10, "the proxy closing the backend connection")
         samples = proxied.metrics()
-        assert samples.get("ftpsproxy_backend_connects_total{result=timeout}", 0) >= 1
+        assert (
+            samples.get("ftpsproxy_backend_connects_total{backend=default,result=timeout}", 0) >= 1
+        )
 
 
 @pytest.mark.timeout(60)

@@ -64,11 +64,11 @@ def test_readyz_follows_the_backend(
     readyz = f"http://127.0.0.1:{proxied.metrics_port}/readyz"
     wait_until(lambda: _get(readyz)[0] == 200)
     assert _get(f"http://127.0.0.1:{proxied.metrics_port}/healthz") == (200, "ok\n")
-    assert proxied.metrics()["ftpsproxy_backend_up{}"] == 1
+    assert proxied.metrics()["ftpsproxy_backend_up{backend=default}"] == 1
     port = backend.port
     backend.stop()
     wait_until(lambda: _get(readyz)[0] == 503)
     assert "unreachable" in _get(readyz)[1]
-    assert proxied.metrics()["ftpsproxy_backend_up{}"] == 0
+    assert proxied.metrics()["ftpsproxy_backend_up{backend=default}"] == 0
     make_backend(port=port, root=tmp_path / "again")
     wait_until(lambda: _get(readyz)[0] == 200)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from ftpsproxy.ops.tap import Options, usage_error_line
+from ftpsproxy.settings.backends import TABLE_KEYS
 from ftpsproxy.settings.config import build_config, load_toml
 from ftpsproxy.settings.errors import ConfigError
 from ftpsproxy.settings.options import FILE_OPTIONS, OPTIONS, RELOADABLE, Config, as_written
@@ -31,7 +33,7 @@ def _readme_table_options() -> list[str]:
     for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
-        names += re.findall(r"--([a-z0-9-]+)", line.split(" | ")[0])
+        names += re.findall(r"`(?:--)?([a-z][a-z0-9-]*)", line.split(" | ")[0])
     return names
 
 
@@ -42,8 +44,21 @@ def test_readme_option_table_lists_every_option_once_and_no_other() -> None:
 
 def test_example_config_file_shows_every_key() -> None:
     text = (REPO / "deploy" / "ftpsproxy.toml").read_text()
-    keys = set(re.findall(r"^#? ?([a-z0-9-]+) = ", text, re.MULTILINE))
-    assert keys == set(FILE_OPTIONS)
+    top, tables = text.split("# [[backends]]\n", 1)
+    keys = set(re.findall(r"^#? ?([a-z0-9-]+) = ", top, re.MULTILINE))
+    assert keys == set(FILE_OPTIONS) - {"backends"}
+    table_keys = set(re.findall(r"^# ([a-z0-9-]+) = ", tables, re.MULTILINE))
+    assert table_keys == set(TABLE_KEYS)
+
+
+def test_example_pool_tables_load() -> None:
+    text = (REPO / "deploy" / "ftpsproxy.toml").read_text()
+    top, tables = text.split("# [[backends]]\n", 1)
+    pool = "[[backends]]\n" + tables.replace("# [[backends]]", "[[backends]]")
+    uncommented = re.sub(r"^# ?([a-z-]+ = )", r"\1", pool, flags=re.MULTILINE)
+    values = tomllib.loads(top.replace('backend = "ftp://127.0.0.1:2100"\n', "") + uncommented)
+    names = [backend.name for backend in build_config(values, {}).pool]
+    assert names == ["ftp1", "ftp2"]
 
 
 def test_every_config_field_is_an_option_with_its_default() -> None:
@@ -70,7 +85,8 @@ def test_help_shows_defaults_and_choices_from_the_table() -> None:
     assert docs["backend-tls-max-version"].endswith("(1.2 or 1.3).")
     assert docs["require-tls"].endswith("PROT P.")  # a flag: no default shown
     assert "repeatable" in docs["listen"] and "repeatable" in docs["listen-implicit"]
-    assert set(docs) >= {option.name for option in OPTIONS}
+    assert set(docs) >= {option.name for option in OPTIONS if option.kind.command_line}
+    assert "backends" not in docs  # tables: only the file can say them
 
 
 def test_command_line_gives_flags_lists_and_choices() -> None:

@@ -11,13 +11,16 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 
 from ftpsproxy.control.backend import BackendConnector, BackendSetupError, BackendTLSError
-from ftpsproxy.control.health import BackendHealth
+from ftpsproxy.control.health import PoolHealth
 from ftpsproxy.control.probe import probe_backend
 from ftpsproxy.control.probe_outcome import ProbeOutcome, probe_failed, probe_succeeded
-from ftpsproxy.control.readiness import NOT_PROBED, BackendReadiness
+from ftpsproxy.control.routing import BackendRouter
 from ftpsproxy.ftp.greeting import Greeting, judge_greeting, refusal
 from ftpsproxy.ftp.replies import ReplyParser
 from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.observe.routing_events import RoutingEvents
+from ftpsproxy.pool import Pool, Thresholds
+from ftpsproxy.settings.backends import Backend
 from ftpsproxy.settings.values import BackendAddress
 
 PLAIN = BackendAddress("ftp", "127.0.0.1", 2121)
@@ -63,6 +66,7 @@ def test_verification_failure_is_a_tls_handshake_failure_with_its_label() -> Non
         reason="TLS handshake failed: certificate verification failed: "
         "unable to get local issuer certificate",
         tls_failure="verification",
+        result="tls",
     )
 
 
@@ -74,16 +78,30 @@ def test_protocol_failure_keeps_its_own_tls_wording() -> None:
 
 
 @pytest.mark.parametrize(
-    ("error", "reason"),
+    ("error", "reason", "result"),
     [
-        (BackendSetupError("greeting 421: Too many users"), "greeting 421: Too many users"),
-        (BackendSetupError("no greeting within 10s", kind="timeout"), "no greeting within 10s"),
-        (BackendSetupError("AUTH TLS refused: 500 no"), "AUTH TLS refused: 500 no"),
-        (ConnectionError("cannot connect: refused"), "unreachable: cannot connect: refused"),
+        (
+            BackendSetupError("greeting 421: Too many users"),
+            "greeting 421: Too many users",
+            "refused",
+        ),
+        (
+            BackendSetupError("no greeting within 10s", kind="timeout"),
+            "no greeting within 10s",
+            "timeout",
+        ),
+        (BackendSetupError("AUTH TLS refused: 500 no"), "AUTH TLS refused: 500 no", "refused"),
+        (
+            ConnectionError("cannot connect: refused"),
+            "unreachable: cannot connect: refused",
+            "unreachable",
+        ),
     ],
 )
-def test_other_failures_are_down_without_a_tls_label(error: Exception, reason: str) -> None:
-    assert probe_failed(error) == ProbeOutcome(up=False, reason=reason)
+def test_other_failures_are_down_without_a_tls_label(
+    error: Exception, reason: str, result: str
+) -> None:
+    assert probe_failed(error) == ProbeOutcome(up=False, reason=reason, result=result)
 
 
 def test_reason_has_no_control_characters_and_is_bounded() -> None:
@@ -94,30 +112,6 @@ def test_reason_has_no_control_characters_and_is_bounded() -> None:
 
 def test_success_carries_the_tls_version() -> None:
     assert probe_succeeded("TLSv1.3") == ProbeOutcome(up=True, tls_version="TLSv1.3")
-
-
-# -- readiness ---------------------------------------------------------------------------------
-
-
-def test_readiness_reports_only_changes() -> None:
-    readiness = BackendReadiness()
-    assert (readiness.up, readiness.reason) == (None, NOT_PROBED)
-    first = readiness.record(probe_succeeded(None))
-    assert first is not None and first.up and first.first
-    assert readiness.record(probe_succeeded(None)) is None
-    down = readiness.record(ProbeOutcome(up=False, reason="greeting 421: busy"))
-    assert down is not None and not down.up and not down.first
-    assert down.reason == "greeting 421: busy"
-    # Still down for another reason: no change to log, but /readyz shows the latest reason.
-    assert readiness.record(ProbeOutcome(up=False, reason="no greeting within 10s")) is None
-    assert (readiness.up, readiness.reason) == (False, "no greeting within 10s")
-    back = readiness.record(probe_succeeded(None))
-    assert back is not None and back.up and not back.first and readiness.reason == ""
-
-
-def test_first_probe_down_is_a_change() -> None:
-    change = BackendReadiness().record(ProbeOutcome(up=False, reason="x"))
-    assert change is not None and change.first and not change.up
 
 
 # -- the probe's I/O, through the session's BackendConnector -------------------------------------
@@ -172,7 +166,9 @@ def test_probe_of_a_silent_backend_fails_after_the_connect_timeout_and_aborts() 
     reactor.advance(TIMEOUT - 0.1)
     assert outcomes == []
     reactor.advance(0.1)
-    assert outcomes == [ProbeOutcome(up=False, reason=f"no greeting within {TIMEOUT:g}s")]
+    assert outcomes == [
+        ProbeOutcome(up=False, reason=f"no greeting within {TIMEOUT:g}s", result="timeout")
+    ]
     assert transport.disconnected  # aborted: the backend sees the connection go
 
 
@@ -181,7 +177,7 @@ def test_probe_of_a_refusing_backend_fails_with_the_greeting() -> None:
     outcomes = _probe(reactor)
     protocol, transport = _accept(reactor)
     protocol.dataReceived(b"421-Too many\r\n421 users\r\n")
-    assert outcomes == [ProbeOutcome(up=False, reason="greeting 421: Too many")]
+    assert outcomes == [ProbeOutcome(up=False, reason="greeting 421: Too many", result="refused")]
     assert transport.value() == b"" and transport.disconnected
 
 
@@ -202,10 +198,18 @@ def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
+def _health(reactor: MemoryReactorClock, metrics: Metrics, fall: int = 1) -> PoolHealth:
+    connectors = {"b1": _connector(reactor)}
+    pool = Pool([Backend("b1", PLAIN)], thresholds=Thresholds(rise=1, fall=fall))
+    router = BackendRouter(reactor, pool, connectors, RoutingEvents(metrics, connectors))
+    return PoolHealth(router, connectors, metrics, interval=5)
+
+
 def test_health_logs_once_per_change_and_sets_the_gauge() -> None:
     reactor = MemoryReactorClock()
     metrics = Metrics()
-    health = BackendHealth(_connector(reactor), metrics, interval=5)
+    health = _health(reactor, metrics)
+    assert health.ready_problem() == "backends not probed yet"
     with capturedLogs() as events:
         health.start(reactor)
         for greeting in (b"220 ok\r\n", b"220 ok\r\n", b"421 busy\r\n", b"421 busy\r\n"):
@@ -213,23 +217,48 @@ def test_health_logs_once_per_change_and_sets_the_gauge() -> None:
             protocol.dataReceived(greeting)
             if greeting.startswith(b"220"):
                 protocol.dataReceived(b"221 bye\r\n")
-            assert health.up is greeting.startswith(b"220")
-            assert _sample(metrics, "ftpsproxy_backend_up") == (1 if health.up else 0)
+            up = greeting.startswith(b"220")
+            assert (health.ready_problem() is None) is up
+            assert _sample(metrics, "ftpsproxy_backend_up", backend="b1") == (1 if up else 0)
             reactor.advance(5)
     health.stop()
     lines = [event["log_format"] for event in events]
-    assert lines == ["backend {backend} is ready", "backend {backend} not ready: {why}"]
-    assert events[1]["why"] == "greeting 421: busy" == health.reason
+    assert lines == ["backend {backend} is up ({why})", "backend {backend} is down ({why})"]
+    assert [event["why"] for event in events] == [
+        "first result",
+        "1 failures in a row: greeting 421: busy",
+    ]
+    assert health.ready_problem() == (
+        "no backend ready: backend b1 (ftp://127.0.0.1:2121) down: greeting 421: busy"
+    )
     assert len(reactor.tcpClients) == 5  # one probe at a time, every interval
+    assert _sample(metrics, "ftpsproxy_backend_probes_total", backend="b1", result="refused") == 2
+
+
+def test_health_takes_fall_failures_in_a_row_to_go_down() -> None:
+    reactor = MemoryReactorClock()
+    health = _health(reactor, Metrics(), fall=3)
+    health.start(reactor)
+    for round_, greeting in enumerate((b"220 ok\r\n", b"421 busy\r\n", b"421 busy\r\n")):
+        protocol, _ = _accept(reactor)
+        protocol.dataReceived(greeting)
+        if greeting.startswith(b"220"):
+            protocol.dataReceived(b"221 bye\r\n")
+        assert health.ready_problem() is None, round_  # 1 up, then 2 of 3 failures
+        reactor.advance(5)
+    protocol, _ = _accept(reactor)
+    protocol.dataReceived(b"421 busy\r\n")
+    assert health.ready_problem() is not None
+    health.stop()
 
 
 def test_health_counts_tls_failures_under_the_probe_channel() -> None:
-    health = BackendHealth(_connector(MemoryReactorClock()), metrics := Metrics(), interval=5)
+    health = _health(MemoryReactorClock(), metrics := Metrics())
     error = BackendTLSError("certificate verification failed: x", kind="verification")
-    health._record(probe_failed(error))
-    health._record(probe_succeeded("TLSv1.3"))
+    health._record(probe_failed(error), "b1")
+    health._record(probe_succeeded("TLSv1.3"), "b1")
     failures = "ftpsproxy_tls_handshake_failures_total"
     assert _sample(metrics, failures, side="backend", channel="probe", reason="verification") == 1
     done = "ftpsproxy_tls_handshakes_total"
     assert _sample(metrics, done, side="backend", channel="probe", version="TLSv1.3") == 1
-    assert _sample(metrics, "ftpsproxy_backend_connects_total", result="tls") is None
+    assert _sample(metrics, "ftpsproxy_backend_connects_total", backend="b1", result="tls") == 0

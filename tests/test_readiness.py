@@ -64,7 +64,7 @@ def _assert_no_client_session(proxied: Proxied) -> None:
     }
     assert counted == {}
     assert samples["ftpsproxy_session_duration_seconds_count{}"] == 0
-    assert samples["ftpsproxy_backend_connect_seconds_count{}"] == 0
+    assert samples["ftpsproxy_backend_connect_seconds_count{backend=default}"] == 0
     assert " session " not in proxied.proxy.log_text()
 
 
@@ -81,7 +81,7 @@ def test_plain_backend_is_ready_and_probes_are_no_sessions(
 ) -> None:
     proxied = start_proxy(make_proxy, backend, pki, *FAST)
     assert _wait_ready(proxied, 200) == "ok\n"
-    assert proxied.metrics()["ftpsproxy_backend_up{}"] == 1
+    assert proxied.metrics()["ftpsproxy_backend_up{backend=default}"] == 1
     # Several probes later: still one connection at most, none a session.
     for _ in range(10):
         assert _probe_connections(proxied, backend.port) <= 1
@@ -128,7 +128,7 @@ def test_vsftpd_backend_ready_only_with_the_right_ca(
                         "--backend-ca", str(pki.ca_cert))  # fmt: skip
     assert _wait_ready(right, 200) == "ok\n"
     samples = right.metrics()
-    assert samples["ftpsproxy_backend_up{}"] == 1
+    assert samples["ftpsproxy_backend_up{backend=default}"] == 1
     assert not any(
         value for key, value in samples.items() if key.startswith("ftpsproxy_tls_handshake_fail")
     )
@@ -141,16 +141,19 @@ def test_vsftpd_backend_ready_only_with_the_right_ca(
                         "--backend-ca", str(other_ca))  # fmt: skip
     body = _wait_ready(wrong, 503)
     assert body.startswith(
-        f"backend {url} not ready: TLS handshake failed: certificate verification failed: "
+        f"no backend ready: backend default ({url}) down: "
+        "TLS handshake failed: certificate verification failed: "
     ), body
-    wait_until(lambda: wrong.metrics()["ftpsproxy_backend_up{}"] == 0, 5, "backend_up 0")
+    wait_until(
+        lambda: wrong.metrics()["ftpsproxy_backend_up{backend=default}"] == 0, 5, "backend_up 0"
+    )
     failures = (
         "ftpsproxy_tls_handshake_failures_total{channel=probe,reason=verification,side=backend}"
     )
     wait_until(lambda: wrong.metrics()[failures] >= 3, 10, "three failed probes")
     # Probes go on every 0.2 s; the log says it once.
     log = wrong.proxy.log_text()
-    assert log.count("not ready:") == 1, log
+    assert log.count("backend default is down") == 1, log
     for _ in range(10):  # no connection left behind by a failed handshake
         assert _probe_connections(wrong, server.port) <= 1
         time.sleep(0.1)
@@ -175,8 +178,9 @@ def test_backend_that_does_not_greet_220_is_not_ready(
         proxied = start_proxy(
             make_proxy, cast(PyftpdBackend, fake), pki, *FAST, "--backend-connect-timeout", "0.5"
         )
-        assert _wait_ready(proxied, 503) == f"backend {fake.url} not ready: {reason}\n"
-        assert proxied.metrics()["ftpsproxy_backend_up{}"] == 0
+        expected = f"no backend ready: backend default ({fake.url}) down: {reason}\n"
+        assert _wait_ready(proxied, 503) == expected
+        assert proxied.metrics()["ftpsproxy_backend_up{backend=default}"] == 0
         wait_until(lambda: fake.accepted() >= 3, 10, "three probes")
         first = fake.connections[:2]
         # The fake holds each connection until its peer closes: the proxy closed them.

@@ -24,9 +24,12 @@ from twisted.python.failure import Failure
 from ftpsproxy.control.backend import BackendControl
 from ftpsproxy.control.context import ProxyContext
 from ftpsproxy.control.frontend import FrontendProtocol
+from ftpsproxy.control.routing import BackendRouter
 from ftpsproxy.control.states import State
 from ftpsproxy.data.ports import PortAllocator
 from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.observe.routing_events import RoutingEvents
+from ftpsproxy.pool import Pool
 from ftpsproxy.settings.config import Config, PortRange, parse_backend_url
 
 CLIENT = IPv4Address("TCP", "127.0.0.5", 50000)
@@ -93,13 +96,20 @@ class Harness:
         )
         config = replace(config, require_tls=require_tls, **settings)
         self.metrics = Metrics()
+        connectors = {"default": self.backend}
+        router = BackendRouter(
+            self.reactor,
+            Pool(config.pool),
+            connectors,  # type: ignore[arg-type]
+            RoutingEvents(self.metrics, connectors),
+        )
         self.context = ProxyContext(
             reactor=self.reactor,
             config=config,
             metrics=self.metrics,
             allocator=PortAllocator(41000, 41000 + ports - 1),
             server_tls=SimpleNamespace(current=object()) if tls else None,  # type: ignore[arg-type]
-            backend=self.backend,  # type: ignore[arg-type]
+            router=router,
         )
         self.client = FrontendProtocol(self.context, "test", "explicit" if tls else "plain")
         self.client_transport = TLSCapableTransport(hostAddress=PROXY, peerAddress=CLIENT)

@@ -41,7 +41,7 @@ from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.factories import PrebuiltFactory
 from ftpsproxy.net.sockets import tune
 from ftpsproxy.net.timers import cancel_call
-from ftpsproxy.settings.backends import BackendSpec
+from ftpsproxy.settings.backends import Backend
 from ftpsproxy.settings.config import BackendAddress
 from ftpsproxy.settings.values import DataProtection
 from ftpsproxy.tls.backend import BackendSessionTLS, BackendTLSSettings
@@ -389,7 +389,7 @@ class BackendConnector:
         return connected
 
 
-def connector_for(reactor: IReactorTCP, spec: BackendSpec, timeout: float) -> BackendConnector:
+def connector_for(reactor: IReactorTCP, spec: Backend, timeout: float) -> BackendConnector:
     """The connector of one configured backend; its TLS files are checked now, at start-up."""
     tls = None
     if spec.tls:

@@ -1,5 +1,5 @@
 """What all sessions of a service share: settings, the reactor, the port allocator, TLS,
-the backend connector, the login guard, the reporter, and who is connected."""
+the backend router, the login guard, the reporter, and who is connected."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ftpsproxy.control.backend import BackendConnector
 from ftpsproxy.control.loginguard import LoginGuard
+from ftpsproxy.control.routing import BackendRouter
 from ftpsproxy.data.ports import PortAllocator
 from ftpsproxy.data.splice import splice_supported
 from ftpsproxy.observe.metrics import Metrics
@@ -41,7 +41,7 @@ class ProxyContext:
     metrics: Metrics
     allocator: PortAllocator
     server_tls: ReloadableServerTLS | None
-    backend: BackendConnector
+    router: BackendRouter  # which backend each session gets
     open_sessions: set[OpenSession] = field(default_factory=set)
     sessions_per_ip: Counter[str] = field(default_factory=Counter)
     xferlog: XferLog | None = None

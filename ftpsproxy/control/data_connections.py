@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from ftpsproxy.control.backend import BackendLink
 from ftpsproxy.control.context import ProxyContext
 from ftpsproxy.control.links import ClientLink, SessionCore
+from ftpsproxy.control.routing import Route
 from ftpsproxy.control.states import State
 from ftpsproxy.control.transfer import Result, Step, Transfer
 from ftpsproxy.data.passive import BackendDataListener, PassiveListener
@@ -56,6 +57,7 @@ class DataHost(SessionCore, Protocol):
     user: str | None
     server_tls: ServerTLS | None
     backend: BackendLink | None
+    route: Route | None
 
     def goto(self, state: State) -> None: ...
 
@@ -241,12 +243,12 @@ class DataConnections:
         session.goto(State.TRANSFERRING)
         channel.begin(TRANSFER_DIRECTIONS[command.verb], self._context.reactor.seconds())
         channel.filename = command.text() or "-"
-        backend = session.backend
-        if channel.backend_port is not None and backend is not None:
+        backend, route = session.backend, session.route
+        if channel.backend_port is not None and backend is not None and route is not None:
             # Connect only now, as a client would after sending the command: a TLS
             # ClientHello waiting in a backend's socket from PASV time until the transfer
             # command can find the server's ticket state changed in between.
-            connecting = self._context.backend.data(backend, channel.backend_port, channel.backend)
+            connecting = route.connector.data(backend, channel.backend_port, channel.backend)
             connecting.addErrback(channel.backend_connect_failed)
         if channel.active_target is not None:
             self._connect_client(channel)

@@ -1,51 +1,55 @@
-"""Whether the backend can take a session: periodic probes behind ``/readyz`` and a gauge.
+"""Whether each backend can take a session: periodic probes behind ``/readyz`` and the gauges.
 
-Sessions connect to the backend only on ``USER``, so without a probe the proxy
-would report ready while every login fails.  Each probe sets a backend session up
-as a login would (``probe.py``); a failed one makes ``/readyz`` answer 503 with the
-reason, sets ``ftpsproxy_backend_up`` to 0 and, when TLS failed, counts in
-``ftpsproxy_tls_handshake_failures_total{side="backend",channel="probe"}``.  The log
-gets one line per change between up and down, not one per probe.
+Sessions connect to a backend only on ``USER``, so without probes the proxy would
+report ready, and route sessions to a backend, while every login there fails.
+Each probe sets a backend session up as a login would (``probe.py``); its result
+goes to the pool, whose rise/fall thresholds decide when a backend leaves or
+rejoins the rotation (one log line per change, ``ftpsproxy_backend_up``).  A
+probe whose TLS failed counts in
+``ftpsproxy_tls_handshake_failures_total{side="backend",channel="probe"}``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
 from ftpsproxy.control.probe import ControlConnector, probe_backend
 from ftpsproxy.control.probe_outcome import ProbeOutcome
-from ftpsproxy.control.readiness import BackendReadiness
+from ftpsproxy.control.routing import BackendRouter
 from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.pool import CheckResult, HealthState
 
-log = Logger()
+CHANNEL = "probe"  # the channel label of the probes' TLS handshakes, apart from sessions'
+NOT_PROBED = "not probed yet"
 
-CHANNEL = "probe"  # the channel label of the probe's TLS handshakes, apart from sessions'
 
+class PoolHealth:
+    """Probes every backend of the router's pool each *interval* seconds, one round at a time."""
 
-class BackendHealth:
-    """Probes the backend every *interval* seconds, one probe at a time."""
-
-    def __init__(self, connector: ControlConnector, metrics: Metrics, interval: float) -> None:
-        self._connector = connector
+    def __init__(
+        self,
+        router: BackendRouter,
+        connectors: Mapping[str, ControlConnector],
+        metrics: Metrics,
+        interval: float,
+    ) -> None:
+        self._router = router
+        self._connectors = dict(connectors)
         self._metrics = metrics
-        self._readiness = BackendReadiness()
-        self._loop = LoopingCall(self.probe)  # waits for each probe before the next
+        self._loop = LoopingCall(self.probe)  # waits for each round before the next
         self._interval = interval
         self._clock: Any = None
+        self.reasons: dict[str, str] = {}  # the latest probe's reason, per backend down
+        self.probed: set[str] = set()  # backends probed at least once
 
-    @property
-    def up(self) -> bool | None:
-        """None until the first probe has finished."""
-        return self._readiness.up
-
-    @property
-    def reason(self) -> str:
-        """Why the backend is not ready (the latest probe's words)."""
-        return self._readiness.reason
+    def update(self, connectors: Mapping[str, ControlConnector]) -> None:
+        """A reload changed the pool: probe these from the next round on."""
+        self._connectors = dict(connectors)
+        self.probed &= set(connectors)
 
     def start(self, clock: Any) -> None:
         self._clock = clock
@@ -57,9 +61,15 @@ class BackendHealth:
             self._loop.stop()
 
     def probe(self) -> Deferred[None]:
-        return probe_backend(self._connector, self._clock).addCallback(self._record)
+        """One round: every backend in parallel; fires when all have answered."""
+        rounds = [
+            probe_backend(connector, self._clock).addCallback(self._record, name)
+            for name, connector in self._connectors.items()
+        ]
+        done: Deferred[None] = gatherResults(rounds).addCallback(lambda _: None)
+        return done
 
-    def _record(self, outcome: ProbeOutcome) -> None:
+    def _record(self, outcome: ProbeOutcome, name: str) -> None:
         if outcome.tls_failure is not None:
             self._metrics.tls_handshake_failures.labels(
                 side="backend", channel=CHANNEL, reason=outcome.tls_failure
@@ -68,12 +78,33 @@ class BackendHealth:
             self._metrics.tls_handshakes.labels(
                 side="backend", channel=CHANNEL, version=outcome.tls_version
             ).inc()
-        self._metrics.backend_up.set(1 if outcome.up else 0)
-        change = self._readiness.record(outcome)
-        if change is None:
-            return
-        backend = self._connector.address.url
-        if change.up:
-            log.info("backend {backend} is ready", backend=backend)
-        else:
-            log.warn("backend {backend} not ready: {why}", backend=backend, why=change.reason)
+        self._router.events.probed(name, outcome.result)
+        self.probed.add(name)
+        self.reasons[name] = outcome.reason
+        result = CheckResult.passed() if outcome.up else CheckResult.failed(outcome.reason)
+        self._router.report(name, result)
+
+    def ready_problem(self) -> str | None:
+        """Why ``/readyz`` must say 503: no backend is up (each named, with its reason)."""
+        pool = self._router.pool
+        states = {backend.name: pool.health(backend.name) for backend in pool.backends}
+        if any(state is HealthState.UP for state in states.values()):
+            return None
+        if not self.probed:
+            return f"backends {NOT_PROBED}"
+        return "no backend ready: " + "; ".join(self.describe(name) for name in states)
+
+    def down(self) -> list[str]:
+        """The backends out of use, each with why: for ``/readyz``'s body while ready."""
+        pool = self._router.pool
+        return [
+            self.describe(backend.name)
+            for backend in pool.backends
+            if pool.health(backend.name) is HealthState.DOWN
+        ]
+
+    def describe(self, name: str) -> str:
+        address = self._connectors[name].address.url
+        state = self._router.pool.health(name).value
+        reason = self.reasons.get(name) or (NOT_PROBED if name not in self.probed else "")
+        return f"backend {name} ({address}) {state}" + (f": {reason}" if reason else "")

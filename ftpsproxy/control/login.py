@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from ftpsproxy.control.backend import BackendControl, BackendSetupError, BackendTLSError
 from ftpsproxy.control.context import LOCKED_OUT, ProxyContext
 from ftpsproxy.control.links import ClientLink, SessionCore
+from ftpsproxy.control.routing import NoBackendAvailable, Route
 from ftpsproxy.control.states import State
 from ftpsproxy.ftp.lines import Command
 from ftpsproxy.ftp.replies import Reply
@@ -34,7 +35,7 @@ class LoginHost(SessionCore, Protocol):
     def hold(self) -> None:
         """Mark a command as in flight without a backend request (commands wait)."""
 
-    def attach_backend(self, backend: BackendControl) -> None: ...
+    def attach_backend(self, backend: BackendControl, route: Route) -> None: ...
 
 
 def printable(text: str) -> str:
@@ -50,7 +51,6 @@ class Login:
         self._context = context
         self._client = client
         self._virtual_host: Command | None = None
-        self._connect_started = 0.0
         self._guess_in_flight = False  # our PASS is at the backend, counted by the guard
         self._waiter: Callable[[], None] | None = None  # our PASS waits for a place
         self.penalty_timer: IDelayedCall | None = None  # a failed login's late answer
@@ -92,9 +92,12 @@ class Login:
             return
         session.goto(State.CONNECTING)
         session.hold()
-        self._connect_started = self._now()
-        self._context.backend.control().addCallbacks(
-            lambda backend: self._backend_ready(backend, command), self._backend_failed
+        connecting = self._context.router.connect(
+            session.id, user=command.text(), client=self._client.peer_host
+        )
+        connecting.addCallbacks(
+            lambda routed: self._backend_ready(routed[0], routed[1], command),
+            self._backend_failed,
         )
 
     def password(self, command: Command) -> None:
@@ -107,14 +110,12 @@ class Login:
 
     # -- the backend session ----------------------------------------------------------------
 
-    def _backend_ready(self, backend: BackendControl, user: Command) -> None:
-        self._context.events.backend_connected(
-            self._now() - self._connect_started, backend.tls_version
-        )
+    def _backend_ready(self, route: Route, backend: BackendControl, user: Command) -> None:
         if self._session.state is State.CLOSED:
             backend.close()
+            self._context.router.release(route)
             return
-        self._session.attach_backend(backend)
+        self._session.attach_backend(backend, route)
         self._session.goto(State.LOGGING_IN)
         if self._virtual_host is not None:
             # Backends without HOST answer 500/502: the login goes on regardless.
@@ -123,21 +124,21 @@ class Login:
         self.relay(user)
 
     def _backend_failed(self, reason: Failure) -> None:
+        """Every candidate backend failed (each failure is counted where it happened)."""
         error = reason.value
-        tls_kind = None
-        if isinstance(error, BackendTLSError):
+        if isinstance(error, NoBackendAvailable):
+            why = f"no backend: {error}"
+            text = "Service not available: no backend server is available."
+        elif isinstance(error, BackendTLSError):
             why = f"backend TLS failed: {error}"
             text = "Service not available: TLS to the backend server failed."
-            result, tls_kind = "tls", error.kind
         elif isinstance(error, BackendSetupError):
             why = f"backend refused the session: {error}"
             text = "Service not available: the backend server refused the session."
-            result = error.kind
         else:
             why = f"backend unreachable: {reason.getErrorMessage()}"
             text = "Service not available: the backend server cannot be reached."
-            result = "unreachable"
-        self._context.events.backend_failed(self._session.id, result, why, tls_kind)
+        self._context.events.backend_failed(self._session.id, why)
         self._session.close(421, text)
 
     # -- relaying USER, PASS, ACCT ----------------------------------------------------------

@@ -22,6 +22,8 @@ class ProbeOutcome:
     reason: str = ""  # why it is down, for /readyz and the log; empty when up
     tls_failure: str | None = None  # a tls_handshake_failures reason label when TLS failed
     tls_version: str | None = None  # negotiated with an FTPS backend, when up
+    result: str = "success"  # the backend_connects_total result label: success, refused,
+    # unreachable, tls or timeout
 
 
 def probe_succeeded(tls_version: str | None) -> ProbeOutcome:
@@ -34,10 +36,10 @@ def probe_failed(error: BaseException) -> ProbeOutcome:
         why = str(error)
         if not why.startswith(_TLS_PREFIX):
             why = f"{_TLS_PREFIX}: {why}"
-        return ProbeOutcome(up=False, reason=_printable(why), tls_failure=error.kind)
+        return ProbeOutcome(up=False, reason=_printable(why), tls_failure=error.kind, result="tls")
     if isinstance(error, BackendSetupError):
-        return ProbeOutcome(up=False, reason=_printable(str(error)))
-    return ProbeOutcome(up=False, reason=_printable(f"unreachable: {error}"))
+        return ProbeOutcome(up=False, reason=_printable(str(error)), result=error.kind)
+    return ProbeOutcome(up=False, reason=_printable(f"unreachable: {error}"), result="unreachable")
 
 
 def _printable(text: str) -> str:

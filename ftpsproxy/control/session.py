@@ -27,6 +27,7 @@ from ftpsproxy.control.links import ClientLink
 from ftpsproxy.control.local import LocalCommands
 from ftpsproxy.control.login import Login
 from ftpsproxy.control.queue import CommandQueue
+from ftpsproxy.control.routing import Route
 from ftpsproxy.control.states import InvalidTransition, State, check_transition
 from ftpsproxy.ftp.errors import FTPSyntaxError
 from ftpsproxy.ftp.lines import Command, parse_command
@@ -64,6 +65,7 @@ class Session:
         self.has_tls = self.server_tls is not None
         self.user: str | None = None
         self.backend: BackendLink | None = None
+        self.route: Route | None = None  # the pool's backend this session got, at USER
         self.protect_data = False
         self.binary = False  # TYPE A until the client says TYPE I (RFC 959 §3.1.1.1)
         self._queue = CommandQueue(self._execute)
@@ -151,6 +153,8 @@ class Session:
         self.data.end()
         if self.backend is not None:
             self.backend.close()
+        if self.route is not None:
+            self.context.router.release(self.route)
         self.client.close()
         self.context.open_sessions.discard(self)
         self.context.sessions_per_ip[self.client.peer_host] -= 1
@@ -159,7 +163,7 @@ class Session:
         self.events.session_ended(
             self.facts,
             user=self.user,
-            backend=self.config.backend.url,
+            backend=self.route.backend.name if self.route is not None else "-",
             bytes_up=self.data.bytes_up,
             bytes_down=self.data.bytes_down,
             seconds=self.context.reactor.seconds() - self._started,
@@ -282,11 +286,12 @@ class Session:
 
     # -- the backend ------------------------------------------------------------------------
 
-    def attach_backend(self, backend: BackendLink) -> None:
+    def attach_backend(self, backend: BackendLink, route: Route) -> None:
         self.backend = backend
+        self.route = route
         self._mask = client_view(
             backend_address=backend.peer_host,
-            backend_name=self.config.backend.host,
+            backend_name=route.backend.address.host,
             proxy_inside=backend.local_host,
             proxy_outside=self.config.public_address or self.client.local_host,
             client=self.client.peer_host,

@@ -36,19 +36,26 @@ class MetricsResource(Resource):
 
 
 class HealthResource(Resource):
-    """200 when ``check`` returns None, else 503 with the reason it returns."""
+    """200 when ``check`` returns None, else 503 with the reason it returns.
+
+    ``notes`` are lines added to a 200's body: what is degraded but not failing
+    (the backends of a pool that are down while others serve).
+    """
 
     isLeaf = True
 
-    def __init__(self, check: Callable[[], str | None]) -> None:
+    def __init__(
+        self, check: Callable[[], str | None], notes: Callable[[], list[str]] = list
+    ) -> None:
         super().__init__()
         self._check = check
+        self._notes = notes
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         problem = self._check()
         if problem is None:
-            return b"ok\n"
+            return "".join(f"{line}\n" for line in ["ok", *self._notes()]).encode()
         request.setResponseCode(503)
         return problem.encode() + b"\n"
 
@@ -63,11 +70,15 @@ class QuietSite(Site):
         pass
 
 
-def metrics_site(metrics: Metrics, ready: Callable[[], str | None]) -> Site:
+def metrics_site(
+    metrics: Metrics,
+    ready: Callable[[], str | None],
+    ready_notes: Callable[[], list[str]] = list,
+) -> Site:
     root = Resource()
     root.putChild(b"metrics", MetricsResource(metrics))
     root.putChild(b"healthz", HealthResource(lambda: None))
-    root.putChild(b"readyz", HealthResource(ready))
+    root.putChild(b"readyz", HealthResource(ready, ready_notes))
     return QuietSite(root)
 
 

@@ -148,20 +148,40 @@ class Metrics:
         )
         self.backend_connects_total = Counter(
             "ftpsproxy_backend_connects",
-            "Backend session set-ups, by result (success, refused, unreachable, tls, timeout).",
-            ["result"],
+            "Backend session set-ups, by backend and result (success, refused, unreachable, "
+            "tls, timeout); a failover counts one per backend tried.",
+            ["backend", "result"],
             registry=r,
         )
         self.backend_up = Gauge(
             "ftpsproxy_backend_up",
-            "1 when the last health probe set up a backend session as a login would "
-            "(connect, 220 greeting, TLS with verification, PBSZ/PROT), else 0.",
+            "1 while the backend is in use (its health is up, or not known yet), else 0.",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_sessions = Gauge(
+            "ftpsproxy_backend_sessions",
+            "Sessions open on the backend now.",
+            ["backend"],
             registry=r,
         )
         self.backend_connect_seconds = Histogram(
             "ftpsproxy_backend_connect_seconds",
             "Time to a ready backend session: connect, TLS, greeting, PBSZ/PROT.",
+            ["backend"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.backend_probes_total = Counter(
+            "ftpsproxy_backend_probes",
+            "Health probes of the backend, by result (the backend_connects results).",
+            ["backend", "result"],
+            registry=r,
+        )
+        self.backend_failovers_total = Counter(
+            "ftpsproxy_backend_failovers",
+            "Sessions moved to another backend because the chosen one failed to set up.",
+            ["from", "to"],
             registry=r,
         )
         self.replies_total = Counter(

@@ -95,21 +95,8 @@ class SessionEvents:
 
     # -- the backend ------------------------------------------------------------------------
 
-    def backend_connected(self, seconds: float, tls_version: str | None) -> None:
-        self._metrics.backend_connects_total.labels(result="success").inc()
-        self._metrics.backend_connect_seconds.observe(seconds)
-        if tls_version is not None:
-            self._metrics.tls_handshakes.labels(
-                side="backend", channel="control", version=tls_version
-            ).inc()
-
-    def backend_failed(self, session: int, result: str, why: str, tls_kind: str | None) -> None:
-        """A backend session could not be set up; *tls_kind* when its TLS failed."""
-        if tls_kind is not None:
-            self._metrics.tls_handshake_failures.labels(
-                side="backend", channel="control", reason=tls_kind
-            ).inc()
-        self._metrics.backend_connects_total.labels(result=result).inc()
+    def backend_failed(self, session: int, why: str) -> None:
+        """No backend could be set up for the session (each attempt is counted by routing)."""
         log.warn("session {session} {why}", session=session, why=why)
 
     def backend_lost(self, session: int, why: str) -> None:

@@ -10,21 +10,22 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from ftpsproxy.control.backend import BackendConnector
+from ftpsproxy.control.backend import BackendConnector, connector_for
 from ftpsproxy.control.context import ProxyContext
 from ftpsproxy.control.frontend import frontend_factory
-from ftpsproxy.control.health import BackendHealth
+from ftpsproxy.control.health import PoolHealth
+from ftpsproxy.control.routing import BackendRouter
 from ftpsproxy.data.ports import PortAllocator
 from ftpsproxy.net.twisted_internals import listener_bound
 from ftpsproxy.observe.http import metrics_site
 from ftpsproxy.observe.metrics import Metrics
+from ftpsproxy.observe.routing_events import RoutingEvents
 from ftpsproxy.observe.xferlog import XferLog
 from ftpsproxy.ops.listeners import OptionListener
 from ftpsproxy.ops.process import ProcessService
+from ftpsproxy.pool import Pool, Thresholds
 from ftpsproxy.settings.config import Config, ConfigChange
 from ftpsproxy.settings.errors import ConfigError
-from ftpsproxy.settings.values import DataProtection
-from ftpsproxy.tls.backend import BackendTLSSettings
 from ftpsproxy.tls.server import ReloadableServerTLS, ServerTLS, load_server_tls
 
 log = Logger()
@@ -36,6 +37,26 @@ def parse_endpoint(reactor: Any, option: str, description: str) -> Any:
         return serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as error:
         raise ConfigError(f"{option}: {description!r} is not an endpoint: {error}") from error
+
+
+def backend_connectors(reactor: Any, config: Config) -> dict[str, BackendConnector]:
+    """A connector per backend, by name; TLS files are checked now, naming the backend."""
+    connectors: dict[str, BackendConnector] = {}
+    for backend in config.pool:
+        try:
+            connectors[backend.name] = connector_for(
+                reactor, backend, config.backend_connect_timeout
+            )
+        except ConfigError as error:
+            if not config.backends:
+                raise
+            raise ConfigError(f"backends {backend.name}: {error}") from error
+        if backend.insecure:
+            log.warn(
+                "backend {backend}: certificate verification is OFF (insecure)",
+                backend=backend.name,
+            )
+    return connectors
 
 
 class ProxyService(ProcessService):
@@ -55,35 +76,23 @@ class ProxyService(ProcessService):
         server_tls = None
         if config.tls_enabled:
             server_tls = ReloadableServerTLS(self._load_server_tls())
-        backend_tls = None
-        if config.backend.scheme != "ftp":
-            backend_tls = BackendTLSSettings(
-                server_name=config.backend_server_name or config.backend.host,
-                ca_file=config.backend_ca,
-                insecure=config.backend_insecure,
-                client_certificate=config.backend_client_certificate,
-                client_key=config.backend_client_key,
-                maximum_version=config.backend_tls_max_version,
-            )
-            backend_tls.validate()
-            if config.backend_insecure:
-                log.warn("backend certificate verification is OFF (--backend-insecure)")
         metrics = Metrics()
         ports = config.passive_ports
         metrics.passive_ports_capacity.set(ports.size)
+        connectors = backend_connectors(reactor, config)
+        router = BackendRouter(
+            reactor,
+            Pool(config.pool, config.balance, Thresholds(config.health_rise, config.health_fall)),
+            connectors,
+            RoutingEvents(metrics, connectors),
+        )
         self.context = ProxyContext(
             reactor=reactor,
             config=config,
             metrics=metrics,
             allocator=PortAllocator(ports.low, ports.high, config.passive_share),
             server_tls=server_tls,
-            backend=BackendConnector(
-                reactor,
-                config.backend,
-                config.backend_connect_timeout,
-                backend_tls,
-                protect_data=config.backend_data_protection == DataProtection.PRIVATE,
-            ),
+            router=router,
         )
         self._listeners: list[StreamServerEndpointService] = []
         self.draining = False  # SIGTERM: listeners closed, running transfers finishing
@@ -96,9 +105,9 @@ class ProxyService(ProcessService):
                 self.context.xferlog = XferLog(config.xferlog)
             except OSError as error:
                 raise ConfigError(f"xferlog {config.xferlog}: {error.strerror}") from error
-        self.health = BackendHealth(self.context.backend, metrics, config.health_interval)
+        self.health = PoolHealth(router, connectors, metrics, config.health_interval)
         if config.metrics:
-            site = metrics_site(metrics, self._ready_problem)
+            site = metrics_site(metrics, self._ready_problem, self.health.down)
             self._add(reactor, "metrics", config.metrics, site)
 
     def _load_server_tls(self) -> ServerTLS:
@@ -134,6 +143,19 @@ class ProxyService(ProcessService):
         guard.max_failures = change.config.max_login_failures
         guard.lockout = change.config.login_lockout
         self.context.allocator.set_share(change.config.passive_share)
+        if "backends" in change.applied:
+            self._apply_pool(change.config)
+
+    def _apply_pool(self, config: Config) -> None:
+        """New ``[[backends]]`` tables: new sessions see them, running ones keep theirs."""
+        reactor = self.context.reactor
+        try:
+            connectors = backend_connectors(reactor, config)
+        except ConfigError as error:
+            log.error("SIGHUP: backends not reloaded: {error}", error=error)
+            return
+        self.context.router.update(config.pool, connectors)
+        self.health.update(connectors)
 
     def reload_tls(self) -> bool:
         """Load the certificate and key again (SIGHUP); on failure keep the old ones."""
@@ -218,10 +240,9 @@ class ProxyService(ProcessService):
     def _ready_problem(self) -> str | None:
         if self.draining:
             return "draining"
-        if self.health.up is False:
-            return f"backend {self.config.backend.url} not ready: {self.health.reason}"
-        if self.health.up is None:
-            return "backend not probed yet"
+        problem = self.health.ready_problem()
+        if problem is not None:
+            return problem
         for listener in self._listeners:
             if not listener_bound(listener):
                 return "listeners not bound yet"

@@ -5,11 +5,10 @@ gets values out: candidate lists, leases, health events to log and count.
 Nothing here knows about the reactor, sockets or time.
 """
 
-from ftpsproxy.pool.backends import AdminState, Backend
 from ftpsproxy.pool.health import CheckResult, HealthEvent, HealthState, Source, Thresholds
 from ftpsproxy.pool.leases import Lease
-from ftpsproxy.pool.policies import Policy
 from ftpsproxy.pool.pool import Pool
+from ftpsproxy.settings.backends import AdminState, Backend, Policy
 
 __all__ = [
     "AdminState",

@@ -10,21 +10,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from fractions import Fraction
 from typing import Protocol
 
 from ftpsproxy.pool import rendezvous
-from ftpsproxy.pool.backends import Backend
 from ftpsproxy.pool.roundrobin import SmoothWeightedRoundRobin
-
-
-class Policy(StrEnum):
-    ROUND_ROBIN = "round-robin"
-    LEAST_SESSIONS = "least-sessions"
-    USER_HASH = "user-hash"
-    SOURCE_HASH = "source-hash"
-    PRIORITY = "priority"
+from ftpsproxy.settings.backends import Backend, Policy
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ftpsproxy.pool.backends import AdminState, Backend
 from ftpsproxy.pool.health import CheckResult, Health, HealthEvent, HealthState, Thresholds
 from ftpsproxy.pool.leases import Lease, Ledger
-from ftpsproxy.pool.policies import Policy, Request, balancer
-from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.pool.policies import Request, balancer
+from ftpsproxy.settings.backends import AdminState, Backend, Policy, check_unique_names
 
 DEFAULT_THRESHOLDS = Thresholds()
 
@@ -42,12 +41,8 @@ class Pool:
     def update(self, backends: Sequence[Backend]) -> None:
         """Take a new configuration (a reload): backends that keep their name keep their
         health, sessions and place in the rotation; new ones start ``unknown``."""
+        check_unique_names(backends)
         names = [backend.name for backend in backends]
-        if not names:
-            raise ConfigError("backends: at least one is needed")
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ConfigError(f"backends: names must be unique: {', '.join(duplicates)}")
         self._backends = {backend.name: backend for backend in backends}
         self._health = {
             name: self._health.get(name) or Health(name, self.thresholds) for name in names
@@ -57,33 +52,41 @@ class Pool:
         # again should the name come back.
 
     def candidates(
-        self, *, user: str = "", client: str = "", among: Iterable[str] | None = None
+        self,
+        *,
+        user: str = "",
+        client: str = "",
+        among: Iterable[str] | None = None,
+        include_down: bool = False,
     ) -> list[Backend]:
         """The backends to try for a new session, first choice first; empty when none is usable.
 
         ``among`` restricts the choice to these names (a user map's list), which the
         policy then balances.  Round robin advances by one pick per call.
+        ``include_down`` ignores health (not drain or caps): the caller's last resort
+        when every backend is down.
         """
         allowed = None if among is None else set(among)
         usable = [
             backend
             for backend in self._backends.values()
-            if (allowed is None or backend.name in allowed) and self.usable(backend.name)
+            if (allowed is None or backend.name in allowed)
+            and self.usable(backend.name, include_down=include_down)
         ]
         return self._balancer.order(usable, Request(user, client), self._ledger.counts)
 
-    def usable(self, name: str) -> bool:
+    def usable(self, name: str, *, include_down: bool = False) -> bool:
         """May a new session go to *name* now: known, not down, active, below its cap?"""
         backend = self._backends.get(name)
         if backend is None or backend.state is not AdminState.ACTIVE:
             return False
-        if not self._health[name].usable:
+        if not include_down and not self._health[name].usable:
             return False
         return backend.max_sessions is None or self._ledger.count(name) < backend.max_sessions
 
-    def acquire(self, name: str) -> Lease | None:
+    def acquire(self, name: str, *, include_down: bool = False) -> Lease | None:
         """Count a session on *name*; ``None`` when it is no longer usable (try the next)."""
-        if not self.usable(name):
+        if not self.usable(name, include_down=include_down):
             return None
         return self._ledger.take(name)
 

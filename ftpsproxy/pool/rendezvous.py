@@ -14,7 +14,7 @@ import hashlib
 import math
 from collections.abc import Iterable
 
-from ftpsproxy.pool.backends import Backend
+from ftpsproxy.settings.backends import Backend
 
 _UNIT = 2.0**53
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ftpsproxy.pool.backends import Backend
+from ftpsproxy.settings.backends import Backend
 
 
 class SmoothWeightedRoundRobin:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
+from ftpsproxy.settings.backends import SINGLE_BACKEND_NAME, Backend, Policy
 from ftpsproxy.settings.kinds import (
     BACKEND_URL,
     COUNT,
@@ -31,7 +32,6 @@ from ftpsproxy.settings.kinds import (
     Kind,
     choice,
 )
-from ftpsproxy.settings.backends import SINGLE_BACKEND_NAME, Balance, BackendSpec
 from ftpsproxy.settings.values import (
     BackendAddress,
     BackendDataMode,
@@ -170,16 +170,18 @@ class Config:
         "ftps://HOST:PORT (implicit FTPS, default port 990); IPv6 hosts in brackets",
         short="b",
     )
-    backends: tuple[BackendSpec, ...] = option(
+    backends: tuple[Backend, ...] = option(
         TABLES,
         (),
         "A pool of backends instead of --backend, as [[backends]] tables in the file: "
         "name, url, weight, max-sessions, state (active or drain) and the TLS keys ca, "
         "server-name, insecure, client-certificate, client-key, tls-max-version, "
-        "data-protection (default: the backend-* options)",
+        "data-protection (default: the backend-* options); SIGHUP applies a changed list "
+        "to new sessions",
+        reloadable=True,
     )
-    balance: Balance = option(
-        choice(Balance), Balance.ROUND_ROBIN, "How a pool's backend is chosen at USER"
+    balance: Policy = option(
+        choice(Policy), Policy.ROUND_ROBIN, "How a pool's backend is chosen at USER"
     )
     backend_ca: Path | None = option(
         PATH, None, "CA bundle to verify the backend (default: system store)"
@@ -312,13 +314,13 @@ class Config:
         return self.certificate is not None
 
     @property
-    def pool(self) -> tuple[BackendSpec, ...]:
+    def pool(self) -> tuple[Backend, ...]:
         """Every backend: the ``backends`` tables, or the one ``--backend`` names."""
         if self.backends:
             return self.backends
         assert self.backend is not None  # build_config requires one of them
         return (
-            BackendSpec(
+            Backend(
                 name=SINGLE_BACKEND_NAME,
                 address=self.backend,
                 ca=self.backend_ca,
