@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from ftpsproxy.net.twisted_internals import InvalidProxyHeader, V1Parser, V2Parser
 
 _V1_START = V1Parser.PROXYSTR + b" "
+_V1_UNKNOWN = _V1_START + b"UNKNOWN\r\n"
 _V2_START = V2Parser.PREFIX
 _V2_FIXED = 16  # signature, version and command, family, length (v2 spec, section 2.2)
 
@@ -50,6 +51,7 @@ class HeaderReader:
     def __init__(self) -> None:
         self._start = b""  # bytes kept until they show which version this is
         self._parser: V1Parser | V2Parser | None = None
+        self._v1_line = b""  # a v1 header so far (at most 107 bytes plus one read)
 
     def feed(self, data: bytes) -> Proxied | HealthCheck | None:
         """The header, once complete; raises :class:`InvalidHeader` as soon as it cannot be one."""
@@ -61,9 +63,14 @@ class HeaderReader:
                 return None
             self._parser = parser
             data, self._start = self._start, b""
+        if isinstance(parser, V1Parser):
+            self._v1_line += data
         try:
             info, rest = parser.feed(data)
         except (InvalidProxyHeader, ValueError) as error:  # v1: int() of a bad port
+            if self._v1_line.startswith(_V1_UNKNOWN):
+                # Twisted wants a space after UNKNOWN; HAProxy's checks send none.
+                return HealthCheck()
             raise InvalidHeader(f"malformed PROXY header ({type(error).__name__})") from None
         if info is None or rest is None:
             return None

@@ -4,7 +4,7 @@ Anyone can open connections without a header, or from an untrusted address, as f
 as the network allows; one log line each would let them fill the disk.  So every such
 connection is counted (``ftpsproxy_proxy_header_refusals_total{channel, reason}``), and
 logged at info at most once per :data:`LOG_INTERVAL` per channel and reason, with how
-many went unlogged since.  Balancer health checks are counted and logged at debug only.
+many went unlogged since.  Balancer health checks are counted, never logged.
 """
 
 from __future__ import annotations
@@ -66,5 +66,5 @@ class ProxyHeaderEvents:
         )
 
     def health_check(self, peer: str) -> None:
+        # No line at all: a balancer checks every few seconds, all day long.
         self._metrics.proxy_health_checks.labels(channel=self._channel).inc()
-        log.debug("health check from balancer {peer} closed", peer=peer)
