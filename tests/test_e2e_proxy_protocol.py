@@ -20,7 +20,7 @@ from tests.support.backend import PyftpdBackend
 from tests.support.balancer import (
     BALANCER,
     BalancedFTP,
-    BalancedImplicitFTPS,
+    BalancedFTPS,
     closed_without_reply,
     connect,
     v1_header,
@@ -45,6 +45,15 @@ def start(make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki, *extra: str) 
         "--tls-handshake-timeout", "1",  # also the header's deadline
         *extra,
     )  # fmt: skip
+
+
+def samples_of(proxied: Proxied, name: str, labels: str) -> float:
+    """The sum of *name*'s samples whose labels start with *labels*."""
+    return sum(
+        value
+        for key, value in proxied.metrics().items()
+        if key.startswith(f"{name}{{") and labels in key
+    )
 
 
 def login(ftp: ftplib.FTP, backend: PyftpdBackend) -> None:
@@ -156,22 +165,37 @@ def test_untrusted_late_invalid_and_health_check_connections_get_no_session(
     assert len(re.findall(r"\[ftpsproxy\.observe\.proxy_headers#info\]", log)) == 3, log
 
 
-def test_implicit_ftps_behind_a_v2_header(
+def test_implicit_and_explicit_ftps_behind_a_header(
     make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki
 ) -> None:
     proxied = start(make_proxy, backend, pki)
     backend.path("down.bin").write_bytes(PAYLOAD)
-    sock = connect(proxied.implicit_port, v2_header("127.0.0.12", dport=990))
-    ftp = BalancedImplicitFTPS(sock, client_context(pki.ca_cert), data_source="127.0.0.12")
-    assert ftp.welcome.startswith("220")
-    login(ftp, backend)
-    ftp.prot_p()
-    received = io.BytesIO()
-    ftp.retrbinary("RETR down.bin", received.write)
-    assert received.getvalue() == PAYLOAD
-    ftp.quit()
+    # Implicit: the header, then the TLS handshake.  Explicit: the header, then AUTH TLS.
+    for port, header, client, implicit in (
+        (proxied.implicit_port, v2_header("127.0.0.12", dport=990), "127.0.0.12", True),
+        (proxied.port, v1_header("127.0.0.15"), "127.0.0.15", False),
+    ):
+        ftp = BalancedFTPS(
+            connect(port, header),
+            client_context(pki.ca_cert),
+            implicit=implicit,
+            data_source=client,
+        )
+        assert ftp.welcome.startswith("220")
+        login(ftp, backend)
+        ftp.prot_p()
+        received = io.BytesIO()
+        ftp.retrbinary("RETR down.bin", received.write)
+        assert received.getvalue() == PAYLOAD
+        ftp.quit()
     log = proxied.proxy.log_text()  # type: ignore[attr-defined]
     assert re.search(r"session \d+ start client=127\.0\.0\.12 mode=implicit", log), log
+    assert re.search(r"session \d+ start client=127\.0\.0\.15 mode=explicit", log), log
+    # Both control handshakes reached the session (through the header wrapper, for AUTH TLS).
+    handshakes = samples_of(
+        proxied, "ftpsproxy_tls_handshakes_total", "channel=control,side=client"
+    )
+    assert handshakes == 2
 
 
 def test_passive_data_connections_with_a_header_are_checked_against_the_real_client(

@@ -105,21 +105,23 @@ class BalancedFTP(ftplib.FTP):
         return conn
 
 
-class BalancedImplicitFTPS(BalancedFTP, ftplib.FTP_TLS):
-    """Implicit FTPS behind the balancer: TLS starts after the header, before the greeting."""
+class BalancedFTPS(BalancedFTP, ftplib.FTP_TLS):
+    """FTPS behind the balancer: explicit (``login`` sends AUTH TLS), or *implicit*: TLS
+    starts after the header, before the greeting."""
 
     def __init__(
         self,
         sock: socket.socket,
         context: ssl.SSLContext,
         *,
+        implicit: bool,
         data_source: str,
         data_header: bytes = b"",
     ) -> None:
         ftplib.FTP_TLS.__init__(self, context=context, timeout=10)
         self.data_source = data_source
         self.data_header = data_header
-        self.attach(context.wrap_socket(sock, server_hostname="localhost"))
+        self.attach(context.wrap_socket(sock, server_hostname="localhost") if implicit else sock)
 
     def wrap_data(self, conn: socket.socket) -> socket.socket:
         if self._prot_p:  # type: ignore[attr-defined]
