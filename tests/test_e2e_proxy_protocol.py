@@ -84,6 +84,11 @@ def test_the_header_address_is_the_client_in_logs_xferlog_and_the_data_check(
     ftp.data_header = v2_header("127.0.0.7")
     ftp.storbinary("STOR kept.bin", io.BytesIO(PAYLOAD))
     assert backend.path("kept.bin").read_bytes() == v2_header("127.0.0.7") + PAYLOAD
+
+    # PORT goes only to the client's own address: the header's, not the balancer's.
+    with pytest.raises(ftplib.error_perm, match=r"^504"):
+        ftp.sendcmd("PORT 127,0,0,2,200,10")
+    assert ftp.sendcmd("PORT 127,0,0,7,200,10").startswith("200")
     ftp.quit()
 
     log = proxied.proxy.log_text()  # type: ignore[attr-defined]
