@@ -39,7 +39,12 @@ if [[ -e $VENV ]] && ! py_ok "$VENV_PY"; then
     rm -rf "$VENV"
 fi
 if [[ ! -e $VENV ]]; then
-    PY=$(find_python) || die "need Python >= 3.11 (python3) on PATH"
+    # A minimal Debian 12 has no Python at all: as root, install it (and venv) first.
+    if ! find_python >/dev/null && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        apt_install python3 python3-venv
+    fi
+    PY=$(find_python) ||
+        die "need Python >= 3.11 (python3) on PATH; Debian: apt-get install python3 python3-venv"
     # Debian splits venv/ensurepip into python3-venv.
     if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null && command -v dpkg-query >/dev/null; then
         apt_install python3-venv
@@ -52,7 +57,7 @@ if [[ ! -e $VENV ]]; then
 fi
 
 # [project].dependencies + the requested extras, without the project itself.
-DEPS=$("$VENV_PY" - $EXTRAS <<'PY'
+DEPS=$("$VENV_PY" - "$@" <<'PY'
 import sys
 import tomllib
 

@@ -9,8 +9,10 @@ ROOT=$PWD
 
 # System packages the tests drive (the FTP servers have their own step below):
 # rclone (Go) and Apache Commons Net (Java) are clients of tests/test_interop_clients.py,
-# which also needs javac: a JDK only where there is none.
-APT_PACKAGES="curl lftp openssl rclone libcommons-net-java"
+# which also needs javac: a JDK only where there is none. tests/test_deploy.py checks the
+# service kit with the tools that read it: systemd (systemd-analyze verify; no daemon is
+# started), nftables (nft -c; its service stays disabled), logrotate and shellcheck.
+APT_PACKAGES="curl lftp openssl rclone libcommons-net-java systemd nftables logrotate shellcheck"
 if ! command -v javac >/dev/null; then APT_PACKAGES+=" default-jdk-headless"; fi
 SECONDS=0
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ftpsproxy.control.loginguard import LoginGuard
+from ftpsproxy.control.proxy_rules import ConfiguredHeaderRules
 from ftpsproxy.control.routing import BackendRouter
 from ftpsproxy.data.ports import PortAllocator
 from ftpsproxy.data.splice import splice_supported
@@ -48,11 +49,17 @@ class ProxyContext:
     login_guard: LoginGuard = field(init=False)
     events: SessionEvents = field(init=False)
     splice: bool = field(init=False)  # plain-to-plain transfers may move in the kernel
+    # PROXY protocol headers on control and on data connections (one each: one log throttle)
+    control_headers: ConfiguredHeaderRules = field(init=False)
+    data_headers: ConfiguredHeaderRules = field(init=False)
 
     def __post_init__(self) -> None:
         self.splice = self.config.data_path == DataPath.SPLICE and splice_supported(self.reactor)
         self.login_guard = LoginGuard(self.config.max_login_failures, self.config.login_lockout)
         self.events = SessionEvents(self.metrics, lambda: self.xferlog)
+        config, metrics, clock = (lambda: self.config), self.metrics, self.reactor
+        self.control_headers = ConfiguredHeaderRules(config, metrics, clock, "control")
+        self.data_headers = ConfiguredHeaderRules(config, metrics, clock, "data")
         self.metrics.locked_out_addresses.set_function(
             lambda: self.login_guard.locked_count(self.reactor.seconds())
         )

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from ftpsproxy.control.backend import BackendLink
 from ftpsproxy.control.context import ProxyContext
 from ftpsproxy.control.links import ClientLink, SessionCore
+from ftpsproxy.control.proxy_rules import announced_host
 from ftpsproxy.control.routing import Route
 from ftpsproxy.control.states import State
 from ftpsproxy.control.transfer import Result, Step, Transfer
@@ -111,6 +112,7 @@ class DataConnections:
             self._client.peer_host,
             lambda: channel.client,
             self._session.server_tls if self._session.protect_data else None,
+            headers=self._context.data_headers if self._config.proxy_protocol_data else None,
         )
         if not listener.start(self._client.local_host):
             channel.abort()
@@ -125,7 +127,9 @@ class DataConnections:
             if extended:
                 self._session.send(Reply(229, (b"229 " + format_epsv_reply(port),)))
             else:
-                host = self._config.public_address or self._client.local_host
+                host = announced_host(
+                    self._context.config, self._client.local_host, self._client.proxied_destination
+                )
                 self._session.send(Reply(227, (b"227 " + format_pasv_reply(host, port),)))
 
         self._prepare_backend(channel, answer)

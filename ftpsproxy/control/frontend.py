@@ -33,6 +33,7 @@ from ftpsproxy.control.session import Session
 from ftpsproxy.ftp.errors import LineTooLong
 from ftpsproxy.ftp.lines import LineBuffer
 from ftpsproxy.net.closing import CloseDeadline
+from ftpsproxy.net.proxy_protocol import ProxyHeaderFactory, proxied_destination
 from ftpsproxy.net.sockets import tune
 from ftpsproxy.tls.handshake import HandshakeWatch
 from ftpsproxy.tls.server import certificate_names
@@ -57,6 +58,7 @@ class FrontendProtocol(Protocol):
         self._tls_started = mode == "implicit"
         self.peer_host = ""
         self.local_host = ""
+        self.proxied_destination: str | None = None
         self.session: Session | None = None
         self.certificate_names: list[str] | None = None  # None: no client certificate
         self._handshake = HandshakeWatch(
@@ -72,6 +74,7 @@ class FrontendProtocol(Protocol):
     def connectionMade(self) -> None:
         self.peer_host = str(self.transport.getPeer().host)  # type: ignore[union-attr]
         self.local_host = str(self.transport.getHost().host)  # type: ignore[union-attr]
+        self.proxied_destination = proxied_destination(self.transport)
         tune(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._producing = True
@@ -225,10 +228,18 @@ class FrontendFactory(Factory):
 
 
 def frontend_factory(context: ProxyContext, listener: str, *, implicit: bool) -> IProtocolFactory:
-    """The factory for one listener; implicit listeners get TLS from the first byte."""
+    """The factory for one listener; implicit listeners get TLS from the first byte.
+
+    With ``--proxy-protocol`` the PROXY header comes before anything else, TLS included.
+    """
+    factory: IProtocolFactory
     if implicit:
         assert context.server_tls is not None
         inner = FrontendFactory(context, listener, "implicit")
-        return TLSMemoryBIOFactory(context.server_tls, False, inner)
-    mode = "explicit" if context.server_tls is not None else "plain"
-    return FrontendFactory(context, listener, mode)
+        factory = TLSMemoryBIOFactory(context.server_tls, False, inner)
+    else:
+        mode = "explicit" if context.server_tls is not None else "plain"
+        factory = FrontendFactory(context, listener, mode)
+    if context.config.proxy_protocol:
+        factory = ProxyHeaderFactory(factory, context.control_headers, context.reactor)
+    return factory

@@ -20,6 +20,7 @@ class ClientLink(Protocol):
 
     peer_host: str
     local_host: str
+    proxied_destination: str | None  # where the client connected to, from a PROXY header
     tls_active: bool
     certificate_names: list[str] | None  # None: no client certificate presented
 

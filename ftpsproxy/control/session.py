@@ -26,6 +26,7 @@ from ftpsproxy.control.data_connections import DataConnections
 from ftpsproxy.control.links import ClientLink
 from ftpsproxy.control.local import LocalCommands
 from ftpsproxy.control.login import Login
+from ftpsproxy.control.proxy_rules import announced_host
 from ftpsproxy.control.queue import CommandQueue
 from ftpsproxy.control.routing import Route
 from ftpsproxy.control.states import InvalidTransition, State, check_transition
@@ -293,7 +294,9 @@ class Session:
             backend_address=backend.peer_host,
             backend_name=route.backend.address.host,
             proxy_inside=backend.local_host,
-            proxy_outside=self.config.public_address or self.client.local_host,
+            proxy_outside=announced_host(
+                self.config, self.client.local_host, self.client.proxied_destination
+            ),
             client=self.client.peer_host,
         )
         backend.watch_replies(

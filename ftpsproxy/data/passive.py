@@ -3,7 +3,9 @@
 A listener accepts only connections from the session's client address; others
 are closed at once and counted.  It logs no line of its own when it opens or closes
 (Twisted's ports do, two per listener).  It stops listening after the first accepted
-connection, and gives its port back to the allocator on every path.  Ports are
+connection, and gives its port back to the allocator on every path.  With
+``--proxy-protocol-data`` a connection must come from a trusted balancer and start
+with a PROXY header; the client's address from the header is what is compared.  Ports are
 held in the client address's name, so one address gets no more than its share
 of the range (see :mod:`ftpsproxy.data.ports`).
 """
@@ -24,6 +26,7 @@ from twisted.logger import Logger
 
 from ftpsproxy.data.ports import PortAllocator, Refusal
 from ftpsproxy.net.factories import PrebuiltFactory
+from ftpsproxy.net.proxy_protocol import HeaderRules, ProxyHeaderFactory
 from ftpsproxy.net.twisted_internals import listen_tcp_quietly
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.tls.bulk import BulkTLSFactory
@@ -65,8 +68,11 @@ class PassiveListener:
         client_host: str,
         build: Callable[[], Protocol],
         tls: ServerTLS | None,
+        *,
+        headers: HeaderRules | None = None,
     ) -> None:
         self._reactor = reactor
+        self._headers = headers  # None: no header is read, whatever comes is data
         self._allocator = allocator
         self._metrics = metrics
         self._client_host = client_host
@@ -85,10 +91,11 @@ class PassiveListener:
             if isinstance(port, Refusal):
                 refusal = port
                 break
+            factory: ServerFactory = _Accepting(self._accept)
+            if self._headers is not None:
+                factory = ProxyHeaderFactory(factory, self._headers, self._reactor)
             try:
-                self._listening = listen_tcp_quietly(
-                    self._reactor, port, _Accepting(self._accept), 8, interface
-                )
+                self._listening = listen_tcp_quietly(self._reactor, port, factory, 8, interface)
             except CannotListenError as error:
                 # Someone else holds this port; leave it out of rotation briefly.
                 log.warn("passive port {port} unavailable: {error}", port=port, error=error)

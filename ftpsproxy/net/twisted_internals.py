@@ -5,7 +5,10 @@ and holding back TLS 1.3 session tickets on data connections (``tls/bulk.py``), 
 a connection's queued output when ``splice(2)`` takes over its socket
 (``data/splice.py``), passive listeners that do not log two lines each (``data/passive.py``),
 failing at start-up when a listening port is taken, knowing when a listener is bound, and
-closing a listening socket a worker process shares without ``shutdown()`` (``ops/``).
+closing a listening socket a worker process shares without ``shutdown()`` (``ops/``),
+and the PROXY protocol parsers, which Twisted keeps in private modules behind
+``proxyEndpoint`` (``net/proxy_header.py``; the endpoint reads the header after the
+wrapped protocol has started, and trusts any sender).
 Each of those touches a name Twisted may rename or drop in any release without a
 deprecation.  So the rest of the package goes through the functions and the
 :class:`TLSMemoryBIOHooks` and :class:`QuietPort` classes below, and :data:`INTERNALS`
@@ -30,6 +33,9 @@ from twisted.internet import abstract, tcp
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ServerFactory
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
@@ -37,8 +43,11 @@ from twisted.python.failure import Failure
 __all__ = [
     "INTERNALS",
     "Internal",
+    "InvalidProxyHeader",
     "QuietPort",
     "TLSMemoryBIOHooks",
+    "V1Parser",
+    "V2Parser",
     "aborting",
     "close_without_shutdown",
     "listen_tcp_quietly",
@@ -188,6 +197,12 @@ def close_without_shutdown(port: tcp.Port) -> None:
     port._shouldShutdown = False
 
 
+# -- PROXY protocol parsers (twisted.protocols.haproxy's private modules) -----------------
+# ``V1Parser`` and ``V2Parser`` are used as Twisted's own wrapper uses them: ``feed(data)``
+# returns ``(None, None)`` until a header is complete, then ``(ProxyInfo, rest)``, and
+# raises ``InvalidProxyHeader`` (or its subclasses) on a malformed one.
+
+
 # -- the check -----------------------------------------------------------------------------
 
 
@@ -250,6 +265,12 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(tcp.Port, "_shouldShutdown", "is set: the master closes its listening "
              "sockets without shutdown(), which would stop the workers' accepts (ops/)",
              used_in="_closeSocket"),
+    Internal(V1Parser, "feed", "is called: PROXY v1 headers (net/proxy_header.py)",
+             parameters=("self", "data")),
+    Internal(V1Parser, "PROXYSTR", "is read: how a v1 header starts (net/proxy_header.py)"),
+    Internal(V2Parser, "feed", "is called: PROXY v2 headers (net/proxy_header.py)",
+             parameters=("self", "data")),
+    Internal(V2Parser, "PREFIX", "is read: how a v2 header starts (net/proxy_header.py)"),
 )  # fmt: skip
 
 

@@ -141,6 +141,21 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.proxy_header_refusals = Counter(
+            "ftpsproxy_proxy_header_refusals",
+            "Connections to a listener that requires a PROXY protocol header, closed before "
+            "a session or transfer, by channel (control, data) and reason: untrusted (not "
+            "from --proxy-protocol-from), timeout (no header in time), invalid.",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.proxy_health_checks = Counter(
+            "ftpsproxy_proxy_health_checks",
+            "Connections whose PROXY header says no client is behind them (v2 LOCAL, v1 "
+            "UNKNOWN: a balancer's health check), closed without a session, by channel.",
+            ["channel"],
+            registry=r,
+        )
         self.backend_replies_dropped = Counter(
             "ftpsproxy_backend_replies_dropped",
             "Backend replies not passed to the client: sent with no command outstanding.",
@@ -206,6 +221,9 @@ class Metrics:
             self.sessions_refused.labels(reason=reason)
         for reason in ("foreign_address", "bounce", "per_ip_share", "backend_port"):
             self.data_connections_refused.labels(reason=reason)
+        for channel in ("control", "data"):
+            for reason in ("untrusted", "timeout", "invalid"):
+                self.proxy_header_refusals.labels(channel=channel, reason=reason)
         self.transfers_active.set(0)
         self.passive_ports_in_use.set(0)
 

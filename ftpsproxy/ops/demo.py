@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from cryptography import x509
@@ -69,17 +71,62 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+def ports_in_use(ports: dict[str, int]) -> list[str]:
+    """The demo's listening ports that are taken on 127.0.0.1, as ``--option PORT``.
+
+    Checked before anything starts, so that a taken port is named rather than found out
+    from a child's exit; ``SO_REUSEADDR`` as Twisted and pyftpdlib bind, so a port left
+    in TIME_WAIT is not reported.
+    """
+    taken: list[str] = []
+    seen: dict[int, str] = {}
+    for option, port in ports.items():
+        if port in seen:
+            taken.append(f"{option} {port} (also given as {seen[port]})")
+            continue
+        seen[port] = option
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                taken.append(f"{option} {port}")
+    return taken
+
+
+def _wait_for_backend(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until pyftpdlib accepts connections (it logs nothing here: its output is discarded)."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"demo: {what} exited with status {process.returncode}")
+            raise SystemExit(f"demo: the pyftpdlib backend exited with status {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise SystemExit(f"demo: {what} did not listen on port {port}")
+    raise SystemExit(f"demo: the pyftpdlib backend did not listen on port {port}")
+
+
+def _wait_until_ready(metrics_port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until the proxy's ``/readyz`` answers 200: every listener bound, the backend up.
+
+    Asks the metrics site, never an FTP port: a probe connection there would be a
+    session in the proxy's log before the first real client's.
+    """
+    url = f"http://127.0.0.1:{metrics_port}/readyz"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"demo: ftpsproxy exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"demo: ftpsproxy was not ready within 20 s ({url})")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -100,7 +147,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passive-ports", default=PASSIVE_PORTS)
     parser.add_argument("--metrics-port", type=int, default=9102)
     args = parser.parse_args(argv)
+    taken = ports_in_use(
+        {
+            "--port": args.port,
+            "--implicit-port": args.implicit_port,
+            "--backend-port": args.backend_port,
+            "--metrics-port": args.metrics_port,
+        }
+    )
+    if taken:
+        print(
+            f"demo: port in use: {', '.join(taken)}; stop what holds it or choose another "
+            "port with that option",
+            file=sys.stderr,
+        )
+        return 1
 
+    # SIGTERM stops the demo as Ctrl-C does: through the finally below, children included.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     scratch = Path(tempfile.mkdtemp(prefix="ftpsproxy-demo-"))
     root = scratch / "files"
     root.mkdir()
@@ -114,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parent.parent.parent
     paths = [str(repo), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
     proxy_args = [
@@ -125,15 +189,17 @@ def main(argv: list[str] | None = None) -> int:
         "--passive-ports", args.passive_ports, "--public-address", "127.0.0.1",
         "--metrics", f"tcp:{args.metrics_port}:interface=127.0.0.1",
     ]  # fmt: skip
-    twistd = [sys.executable, "-m", "twisted.scripts.twistd"]
+    # twisted.scripts.twistd has no __main__ guard: "-m" would run nothing.
+    twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
     if shutil.which("twistd", path=str(Path(sys.executable).parent)):
         twistd = [str(Path(sys.executable).parent / "twistd")]
-    proxy = subprocess.Popen(
-        [*twistd, "-n", "--pidfile=", "--logfile=-", "ftpsproxy", *proxy_args], env=env
-    )
+    proxy: subprocess.Popen[bytes] | None = None
     try:
-        _wait_for_port(args.backend_port, backend, "pyftpdlib backend")
-        _wait_for_port(args.port, proxy, "ftpsproxy")
+        _wait_for_backend(args.backend_port, backend)
+        proxy = subprocess.Popen(
+            [*twistd, "-n", "--pidfile=", "--logfile=-", "ftpsproxy", *proxy_args], env=env
+        )
+        _wait_until_ready(args.metrics_port, proxy)
         url = f"{USER}:{PASSWORD}@127.0.0.1"
         print(
             f"""
@@ -161,7 +227,8 @@ Press Ctrl-C to stop.
     except KeyboardInterrupt:
         return 0
     finally:
-        _stop(proxy)
+        if proxy is not None:
+            _stop(proxy)
         _stop(backend)
         shutil.rmtree(scratch, ignore_errors=True)
 

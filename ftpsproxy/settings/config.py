@@ -125,11 +125,26 @@ def _check_together(config: Config) -> None:
             *([("metrics", config.metrics)] if config.metrics else []),
         ],
     )
+    _check_proxy_protocol(config)
     if config.workers > config.passive_ports.size:
         raise ConfigError(
             f"workers: {config.workers} workers need at least as many passive ports "
             f"(passive-ports has {config.passive_ports.size})"
         )
+
+
+def _check_proxy_protocol(config: Config) -> None:
+    """A PROXY header is trusted only from named networks; its options need each other."""
+    wanted = config.proxy_protocol or config.proxy_protocol_data
+    if wanted and not config.proxy_protocol_from:
+        flag = "proxy-protocol" if config.proxy_protocol else "proxy-protocol-data"
+        raise ConfigError(f"{flag}: needs --proxy-protocol-from with the balancers' networks")
+    if config.proxy_protocol_from and not wanted:
+        raise ConfigError(
+            "proxy-protocol-from: only with --proxy-protocol or --proxy-protocol-data"
+        )
+    if config.public_address_from_proxy_header and not config.proxy_protocol:
+        raise ConfigError("public-address-from-proxy-header: needs --proxy-protocol")
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,19 @@ def _endpoints(values: Any) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _networks(values: Any) -> tuple[str, ...]:
+    """CIDR networks (a bare address is a /32 or /128), written the way ``ipaddress`` does."""
+    if not all(isinstance(value, str) for value in values):
+        raise ValueError("is not a list of network strings")
+    networks: list[str] = []
+    for value in values:
+        try:
+            networks.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"has {value!r}, which is not a network (e.g. 10.0.0.0/24)") from None
+    return tuple(networks)
+
+
 def _show_range(ports: PortRange) -> str:
     return f"{ports.low}-{ports.high}"
 
@@ -121,6 +134,9 @@ TEXT: Kind[str] = Kind("a string", (str,), str)
 ENDPOINT: Kind[str] = Kind("an endpoint string", (str,), str)
 ENDPOINTS: Kind[tuple[str, ...]] = Kind(
     "a list of endpoint strings", (list,), _endpoints, repeated=True
+)
+NETWORKS: Kind[tuple[str, ...]] = Kind(
+    "a list of network strings", (list,), _networks, repeated=True
 )
 PATH: Kind[Path] = Kind("a path (a string)", (str,), Path)
 BACKEND_URL = Kind("a URL string", (str,), parse_backend_url)

@@ -24,6 +24,7 @@ from ftpsproxy.settings.kinds import (
     ENDPOINTS,
     FLAG,
     IPV4,
+    NETWORKS,
     PATH,
     PORT_RANGE,
     SECONDS,
@@ -118,6 +119,36 @@ class Config:
     )
     listen_implicit: tuple[str, ...] = option(
         ENDPOINTS, (), "Endpoint for implicit FTPS (repeatable), e.g. tcp:990"
+    )
+    proxy_protocol: bool = option(
+        FLAG,
+        False,
+        "Control listeners (plain and implicit) require a PROXY protocol v1/v2 header from "
+        "--proxy-protocol-from before anything else, and take the client's address from it: "
+        "behind an L4 balancer (HAProxy send-proxy, a cloud NLB) every client would "
+        "otherwise have the balancer's address (limits, lockout, logs, data checks)",
+    )
+    proxy_protocol_data: bool = option(
+        FLAG,
+        False,
+        "Passive data listeners require the PROXY header too (a balancer that forwards the "
+        "passive ports with send-proxy-v2), so the data connection's source check compares "
+        "the real client addresses; without it a header on a data connection is data",
+    )
+    proxy_protocol_from: tuple[str, ...] = option(
+        NETWORKS,
+        (),
+        "Network (CIDR) of the balancers allowed to send PROXY headers (repeatable; "
+        "required with --proxy-protocol or --proxy-protocol-data): a header claims any "
+        "client address, so only these may send one; connections from elsewhere are closed",
+        reloadable=True,
+    )
+    public_address_from_proxy_header: bool = option(
+        FLAG,
+        False,
+        "Announce in 227 the IPv4 address the client connected to, from the PROXY header "
+        "(balancers with several public addresses), instead of --public-address",
+        reloadable=True,
     )
     certificate: Path | None = option(
         PATH, None, "PEM certificate chain for client-facing TLS", reloadable=True
@@ -230,7 +261,10 @@ class Config:
     )
     # -- limits and timeouts
     tls_handshake_timeout: float = option(
-        SECONDS, 10.0, "Seconds a TLS handshake may take", reloadable=True
+        SECONDS,
+        10.0,
+        "Seconds a TLS handshake, or a PROXY protocol header, may take",
+        reloadable=True,
     )
     max_sessions: int = option(COUNT, 1000, "Sessions open at once, in total", reloadable=True)
     max_sessions_per_ip: int = option(
