@@ -19,8 +19,8 @@ from ftpsproxy.ftp.greeting import Greeting, judge_greeting, refusal
 from ftpsproxy.ftp.replies import ReplyParser
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.observe.routing_events import RoutingEvents
-from ftpsproxy.pool import Pool, Thresholds
-from ftpsproxy.settings.backends import Backend
+from ftpsproxy.pool import CheckResult, HealthState, Pool, Thresholds
+from ftpsproxy.settings.backends import AdminState, Backend
 from ftpsproxy.settings.values import BackendAddress
 
 PLAIN = BackendAddress("ftp", "127.0.0.1", 2121)
@@ -262,3 +262,35 @@ def test_health_counts_tls_failures_under_the_probe_channel() -> None:
     done = "ftpsproxy_tls_handshakes_total"
     assert _sample(metrics, done, side="backend", channel="probe", version="TLSv1.3") == 1
     assert _sample(metrics, "ftpsproxy_backend_connects_total", backend="b1", result="tls") == 0
+
+
+def test_a_reload_keeps_the_gauges_of_the_backends_that_stay() -> None:
+    """SIGHUP passes the whole new pool: a backend that stays keeps its session count and
+    its up gauge (a down one stays 0); only a backend new to the pool starts at 0 sessions,
+    up.  One that was removed and comes back keeps its sessions (its leases still count) and
+    is up again (its health starts over, unknown)."""
+    reactor = MemoryReactorClock()
+    metrics = Metrics()
+    connectors = {name: _connector(reactor) for name in ("b1", "b2")}
+    backends = [Backend("b1", PLAIN), Backend("b2", PLAIN)]
+    pool = Pool(backends, thresholds=Thresholds(rise=1, fall=1))
+    router = BackendRouter(reactor, pool, connectors, RoutingEvents(metrics, connectors))
+    router.report("b2", CheckResult.failed("refused"))
+    router.events.chosen(1, "b1", "round-robin", 0.1, None)
+    router.events.chosen(2, "b2", "round-robin", 0.1, None)
+
+    def gauges(name: str) -> tuple[float | None, float | None]:
+        return (
+            _sample(metrics, "ftpsproxy_backend_sessions", backend=name),
+            _sample(metrics, "ftpsproxy_backend_up", backend=name),
+        )
+
+    drained = Backend("b1", PLAIN, state=AdminState.DRAIN)
+    router.update(
+        [drained, *backends[1:], Backend("b3", PLAIN)], {**connectors, "b3": _connector(reactor)}
+    )
+    assert [gauges(name) for name in ("b1", "b2", "b3")] == [(1, 1), (1, 0), (0, 1)]
+
+    router.update([drained], {"b1": connectors["b1"]})
+    router.update(backends, connectors)
+    assert gauges("b2") == (1, 1) and pool.health("b2") is HealthState.UNKNOWN

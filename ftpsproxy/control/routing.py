@@ -141,9 +141,10 @@ class BackendRouter:
         Running sessions keep their route (and connector) until they end; a backend
         that keeps its name keeps its health and its count of sessions.
         """
+        before = {backend.name for backend in self.pool.backends}
         self.pool.update(backends)
         self.connectors = dict(connectors)
-        self.events.add_backends(name for name in connectors)
+        self.events.add_backends(name for name in connectors if name not in before)
 
     def release(self, route: Route) -> None:
         """The session on *route* ended (any number of calls: counted once)."""

@@ -24,17 +24,23 @@ class RoutingEvents:
 
     def __init__(self, metrics: Metrics, backends: Iterable[str]) -> None:
         self._metrics = metrics
+        self._seen: set[str] = set()  # names whose session gauge is set up
         self.add_backends(backends)
 
     def add_backends(self, names: Iterable[str]) -> None:
-        """Show a backend's series at zero from the start (a reload may add backends)."""
+        """Backends new to the pool: their series from the start, up (unknown health counts
+        as in use).  Pass only the new ones: a backend that stays keeps its gauges.  A name
+        that was removed and comes back keeps its session count (its sessions still run).
+        """
         metrics = self._metrics
         for name in names:
             for result in RESULTS:
                 metrics.backend_connects_total.labels(backend=name, result=result)
-            metrics.backend_sessions.labels(backend=name).set(0)
+            if name not in self._seen:
+                self._seen.add(name)
+                metrics.backend_sessions.labels(backend=name).set(0)
             metrics.backend_connect_seconds.labels(backend=name)
-            metrics.backend_up.labels(backend=name).set(1)  # unknown counts as in use
+            metrics.backend_up.labels(backend=name).set(1)
 
     # -- sessions -------------------------------------------------------------------------
 
