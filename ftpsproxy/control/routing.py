@@ -63,23 +63,35 @@ class BackendRouter:
         self._clock = clock
 
     def connect(
-        self, session: int, *, user: str, client: str
+        self,
+        session: int,
+        *,
+        user: str,
+        client: str,
+        among: Sequence[str] | None = None,
+        why: str = "",
     ) -> Deferred[tuple[Route, BackendControl]]:
         """The first candidate that sets a session up; fails with the last failure.
 
-        When the pool has no usable backend (all down by the probes' account), every
-        active one is tried anyway: the probes may be a few seconds behind, and a
-        client is better served by a late success than by a certain ``421``.
+        ``among`` limits the candidates to these names (the user's routing decided
+        them, ``why`` says how); the policy balances among them.  When the pool has no
+        usable backend (all down by the probes' account), every active one is tried
+        anyway: the probes may be a few seconds behind, and a client is better served
+        by a late success than by a certain ``421``.
         """
-        candidates = self.pool.candidates(user=user, client=client)
+        candidates = self.pool.candidates(user=user, client=client, among=among)
         panic = not candidates
         if panic:
-            candidates = self.pool.candidates(user=user, client=client, include_down=True)
+            candidates = self.pool.candidates(
+                user=user, client=client, among=among, include_down=True
+            )
         result: Deferred[tuple[Route, BackendControl]] = Deferred()
         if not candidates:
             result.errback(Failure(NoBackendAvailable("no backend may take a session")))
             return result
         policy = f"{self.pool.policy.value}{' (all down: trying anyway)' if panic else ''}"
+        if why:
+            policy = f"{why}; {policy}"
         self._try(session, candidates, 0, policy, None, result, include_down=panic)
         return result
 

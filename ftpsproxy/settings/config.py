@@ -126,6 +126,7 @@ def _check_together(config: Config) -> None:
         ],
     )
     _check_proxy_protocol(config)
+    _check_user_routing(config)
     if config.workers > config.passive_ports.size:
         raise ConfigError(
             f"workers: {config.workers} workers need at least as many passive ports "
@@ -145,6 +146,24 @@ def _check_proxy_protocol(config: Config) -> None:
         )
     if config.public_address_from_proxy_header and not config.proxy_protocol:
         raise ConfigError("public-address-from-proxy-header: needs --proxy-protocol")
+
+
+def _check_user_routing(config: Config) -> None:
+    """Backend names given for users must be the pool's."""
+    names = [backend.name for backend in config.pool]
+    default = config.user_map_default
+    if default is not None:
+        if config.user_map is None and config.user_lookup is None:
+            raise ConfigError("user-map-default: only with --user-map or --user-lookup")
+        if default not in names:
+            raise ConfigError(
+                f"user-map-default: unknown backend {default!r} (the pool has {', '.join(names)})"
+            )
+    for name in config.user_selects_backend:
+        if name not in names:
+            raise ConfigError(
+                f"user-selects-backend: unknown backend {name!r} (the pool has {', '.join(names)})"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,9 @@ from ftpsproxy.settings.kinds import (
     ENDPOINT,
     ENDPOINTS,
     FLAG,
+    HTTP_URL,
     IPV4,
+    NAMES,
     NETWORKS,
     PATH,
     PORT_RANGE,
@@ -40,6 +42,7 @@ from ftpsproxy.settings.values import (
     DataPath,
     DataProtection,
     LogFormat,
+    LookupFailure,
     PortRange,
     TLSVersion,
     default_share,
@@ -213,6 +216,54 @@ class Config:
     )
     balance: Policy = option(
         choice(Policy), Policy.ROUND_ROBIN, "How a pool's backend is chosen at USER"
+    )
+    # -- routing by user: a map file, an HTTP lookup, a client's own choice
+    user_map: Path | None = option(
+        PATH,
+        None,
+        "TOML file mapping user names and glob patterns to backends, optionally rewriting "
+        "the name the backend gets; re-read on SIGHUP and when it changes (a broken file "
+        "keeps the previous map). A user it does not map gets 530 and no backend is contacted",
+    )
+    user_map_default: str | None = option(
+        TEXT,
+        None,
+        "Backend for users that neither the map nor the lookup maps (instead of 530)",
+        reloadable=True,
+    )
+    user_lookup: str | None = option(
+        HTTP_URL,
+        None,
+        "HTTP(S) URL asked for users the map does not have: {user} is replaced by the "
+        "URL-encoded name (else ?user= is appended); 200 with JSON "
+        '{"backend": NAME} or {"backends": [...]} and optionally "user": NAME routes, '
+        "404 means no backend for this user",
+    )
+    user_lookup_timeout: float = option(
+        SECONDS,
+        2.0,
+        "Seconds the user lookup may take before it counts as failed",
+        reloadable=True,
+    )
+    user_lookup_ttl: float = option(
+        SECONDS, 60.0, "Seconds a user lookup's answer is kept", reloadable=True
+    )
+    user_lookup_negative_ttl: float = option(
+        SECONDS, 10.0, "Seconds a user lookup's 404 is kept", reloadable=True
+    )
+    user_lookup_failure: LookupFailure = option(
+        choice(LookupFailure),
+        LookupFailure.CLOSED,
+        "While the user lookup fails (unreachable, timeout, an error status or a bad "
+        "answer): closed answers 421; policy balances over every backend by --balance",
+        reloadable=True,
+    )
+    user_selects_backend: tuple[str, ...] = option(
+        NAMES,
+        (),
+        "Backends a client may choose by logging in as USER@BACKEND (repeatable; the "
+        "suffix is stripped before USER goes to the backend); off when none is given",
+        reloadable=True,
     )
     backend_ca: Path | None = option(
         PATH, None, "CA bundle to verify the backend (default: system store)"

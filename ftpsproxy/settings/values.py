@@ -50,6 +50,13 @@ class DataPath(StrEnum):
     COPY = "copy"
 
 
+class LookupFailure(StrEnum):
+    """What a login gets while the user lookup service fails (down, timeout, bad answer)."""
+
+    CLOSED = "closed"  # 421: no user lands on a backend the service did not choose
+    POLICY = "policy"  # the pool's policy over every backend, the user name unchanged
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
