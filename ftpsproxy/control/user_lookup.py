@@ -14,10 +14,11 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed, readBody
+from twisted.web.client import Agent, ResponseFailed, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 
+from ftpsproxy.net.twisted_internals import quiet_http_pool
 from ftpsproxy.observe.user_routing_events import UserRoutingEvents
 from ftpsproxy.pool.lookup_cache import LookupCache
 from ftpsproxy.pool.lookup_reply import Answer, LookupReplyError, lookup_url, parse_answer
@@ -49,7 +50,7 @@ class UserLookup:
         self._config = config
         self._backend_names = backend_names
         self._events = events
-        self._agent = agent or Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        self._agent = agent or Agent(reactor, pool=quiet_http_pool(reactor))
         self.cache = LookupCache()
 
     def find(self, user: str) -> Deferred[Answer]:
@@ -62,7 +63,7 @@ class UserLookup:
         config = self._config()
         asking = self._agent.request(b"GET", lookup_url(self.url, user).encode(), _HEADERS)
         asking.addCallback(self._read)
-        asking.addTimeout(config.user_lookup_timeout, self._reactor)
+        asking.addTimeout(config.user_lookup_timeout, self._reactor, _timed_out)
 
         def answered(reply: tuple[int, bytes]) -> Answer:
             try:
@@ -87,10 +88,16 @@ class UserLookup:
         code = response.code
         return readBody(response).addCallback(lambda body: (code, body))
 
-    def _failed(self, reason: Failure) -> Answer:
-        if reason.check(defer.TimeoutError, error.TimeoutError, defer.CancelledError):
-            seconds = self._config().user_lookup_timeout
-            raise LookupFailed("timeout", f"no answer within {seconds:g}s")
+    def _failed(self, reason: Failure) -> Failure:
+        if reason.check(LookupFailed):
+            return reason
+        if reason.check(error.TimeoutError):  # the connect's own timeout
+            raise LookupFailed("timeout", reason.getErrorMessage())
         if reason.check(ResponseFailed):
             raise LookupFailed("unreachable", "the connection failed mid-response")
         raise LookupFailed("unreachable", reason.getErrorMessage())
+
+
+def _timed_out(result: object, timeout: float) -> Failure:
+    """``addTimeout`` cancelled the request: whatever the Agent made of that, a timeout."""
+    return Failure(LookupFailed("timeout", f"no answer within {timeout:g}s"))
