@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from ftpsproxy.settings.errors import ConfigError
-from ftpsproxy.settings.values import PortRange, parse_backend_url, parse_port_range
+from ftpsproxy.settings.values import (
+    PortRange,
+    parse_backend_url,
+    parse_instance,
+    parse_port_range,
+)
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -141,6 +146,7 @@ NETWORKS: Kind[tuple[str, ...]] = Kind(
 PATH: Kind[Path] = Kind("a path (a string)", (str,), Path)
 BACKEND_URL = Kind("a URL string", (str,), parse_backend_url)
 PORT_RANGE = Kind("a range string MIN-MAX", (str,), parse_port_range, _show_range)
+INSTANCE = Kind("a string INDEX/COUNT", (str,), parse_instance)
 IPV4: Kind[str] = Kind("an IPv4 address string", (str,), _ipv4)
 SECONDS = Kind("a number of seconds", (int, float), _seconds(0, 86400, zero=False), "{:g}".format)
 DELAY = Kind("a number of seconds", (int, float), _seconds(0, 60, zero=True), "{:g}".format)

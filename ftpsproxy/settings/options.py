@@ -23,6 +23,7 @@ from ftpsproxy.settings.kinds import (
     ENDPOINT,
     ENDPOINTS,
     FLAG,
+    INSTANCE,
     IPV4,
     NETWORKS,
     PATH,
@@ -39,6 +40,7 @@ from ftpsproxy.settings.values import (
     ClientCertificates,
     DataPath,
     DataProtection,
+    InstanceSlice,
     LogFormat,
     PortRange,
     TLSVersion,
@@ -244,6 +246,13 @@ class Config:
     # -- passive data connections
     passive_ports: PortRange = option(
         PORT_RANGE, PortRange(30000, 30099), "Passive data port range MIN-MAX"
+    )
+    instance: InstanceSlice | None = option(
+        INSTANCE,
+        None,
+        "This instance's share of --passive-ports when several instances sit behind one "
+        "balancer: slice INDEX of COUNT (from 0), split as the workers split it, so each "
+        "instance owns ports no other uses",
     )
     public_address: str | None = option(
         IPV4, None, "IPv4 address announced in PASV replies", reloadable=True
