@@ -193,6 +193,16 @@ else
     echo "not root or no dpkg: promtool tests skip (or fail under CI)"
 fi
 
+step "haproxy (Debian package haproxy; its daemon is not started)"
+# tests/test_scaleout_netns.py runs it in a network namespace in front of two instances.
+if command -v haproxy >/dev/null; then
+    echo "installed: $(haproxy -v 2>&1 | head -1)"
+elif [[ $(id -u) -eq 0 ]] && command -v dpkg-query >/dev/null; then
+    install_quietly haproxy
+else
+    echo "not root or no dpkg: the HAProxy scale-out test skips (or fails under CI)"
+fi
+
 # --- python virtual environment -------------------------------------------------------
 step "python environment"
 bash deploy/setup-venv.sh test
