@@ -193,6 +193,16 @@ else
     echo "not root or no dpkg: promtool tests skip (or fail under CI)"
 fi
 
+step "haproxy (Debian package; a PROXY protocol receiver in the tests, its daemon not started)"
+if command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]]; then
+    haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+    echo "installed: $("$haproxy_bin" -v | head -1)"
+elif [[ $(id -u) -eq 0 ]] && command -v dpkg-query >/dev/null; then
+    install_quietly haproxy
+else
+    echo "not root or no dpkg: the haproxy tests skip (or fail under CI)"
+fi
+
 # --- python virtual environment -------------------------------------------------------
 step "python environment"
 bash deploy/setup-venv.sh test
