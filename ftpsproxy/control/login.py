@@ -93,7 +93,10 @@ class Login:
         session.goto(State.CONNECTING)
         session.hold()
         connecting = self._context.router.connect(
-            session.id, user=command.text(), client=self._client.peer_host
+            session.id,
+            user=command.text(),
+            client=self._client.peer_host,
+            facts=self._client.facts(str(session.id)),
         )
         connecting.addCallbacks(
             lambda routed: self._backend_ready(routed[0], routed[1], command),

@@ -96,6 +96,7 @@ def _pool_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
         "client_key",
         "tls_max_version",
         "data_protection",
+        "proxy_protocol",
     )
     return {name: fields.get(f"backend_{name}") for name in inherited}
 

@@ -43,6 +43,7 @@ from ftpsproxy.settings.values import (
     InstanceSlice,
     LogFormat,
     PortRange,
+    ProxyProtocolOut,
     TLSVersion,
     default_share,
 )
@@ -209,8 +210,8 @@ class Config:
         "A pool of backends instead of --backend, as [[backends]] tables in the file: "
         "name, url, weight, max-sessions, state (active or drain) and the TLS keys ca, "
         "server-name, insecure, client-certificate, client-key, tls-max-version, "
-        "data-protection (default: the backend-* options); SIGHUP applies a changed list "
-        "to new sessions",
+        "data-protection, and proxy-protocol (default: the backend-* options); SIGHUP "
+        "applies a changed list to new sessions",
         reloadable=True,
     )
     balance: Policy = option(
@@ -230,6 +231,14 @@ class Config:
     )
     backend_data_protection: DataProtection = option(
         choice(DataProtection), DataProtection.PRIVATE, "PROT level towards an FTPS backend"
+    )
+    backend_proxy_protocol: ProxyProtocolOut = option(
+        choice(ProxyProtocolOut),
+        ProxyProtocolOut.OFF,
+        "Start each backend control connection with a PROXY protocol header naming the "
+        "client's address (the backend must expect it: ProFTPD mod_proxy_protocol, HAProxy "
+        "accept-proxy); v2 also carries the client's TLS version, cipher, SNI name and the "
+        "session id; probes send a LOCAL (v1: UNKNOWN) header",
     )
     backend_data_mode: BackendDataMode = option(
         choice(BackendDataMode),
@@ -373,6 +382,7 @@ class Config:
                 client_key=self.backend_client_key,
                 tls_max_version=self.backend_tls_max_version,
                 data_protection=self.backend_data_protection,
+                proxy_protocol=self.backend_proxy_protocol,
             ),
         )
 

@@ -21,6 +21,14 @@ class TLSVersion(StrEnum):
     V1_3 = "1.3"
 
 
+class ProxyProtocolOut(StrEnum):
+    """Whether a backend's control connections start with a PROXY protocol header, which."""
+
+    OFF = "off"
+    V1 = "v1"
+    V2 = "v2"
+
+
 class ClientCertificates(StrEnum):
     """Whether clients must present a certificate signed by ``client-ca``."""
 
