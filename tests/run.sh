@@ -193,6 +193,18 @@ else
     echo "not root or no dpkg: promtool tests skip (or fail under CI)"
 fi
 
+step "haproxy (Debian package; its daemon is not started)"
+# tests/test_scaleout_netns.py runs it in network namespaces in front of two instances;
+# tests/test_e2e_proxy_out.py as a PROXY protocol receiver in front of a backend.
+if command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]]; then
+    haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+    echo "installed: $("$haproxy_bin" -v | head -1)"
+elif [[ $(id -u) -eq 0 ]] && command -v dpkg-query >/dev/null; then
+    install_quietly haproxy
+else
+    echo "not root or no dpkg: the haproxy tests skip (or fail under CI)"
+fi
+
 # --- python virtual environment -------------------------------------------------------
 step "python environment"
 bash deploy/setup-venv.sh test

@@ -122,6 +122,7 @@ class Login:
             client=self._client.peer_host,
             among=decision.among,
             why=decision.why,
+            facts=self._client.facts(str(session.id)),
         )
         connecting.addCallbacks(
             lambda routed: self._backend_ready(routed[0], routed[1], sent),

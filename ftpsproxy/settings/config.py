@@ -79,6 +79,9 @@ def build_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) 
     elif "backend" not in fields:
         raise ConfigError("backend: required (e.g. --backend ftp://127.0.0.1:2100)")
     config = Config(**fields)
+    if config.instance is not None:  # from here on, the range is this instance's slice
+        share = config.passive_ports.split(config.instance.count)[config.instance.index]
+        config = dataclasses.replace(config, passive_ports=share)
     _check_together(config)
     return config
 
@@ -93,6 +96,7 @@ def _pool_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
         "client_key",
         "tls_max_version",
         "data_protection",
+        "proxy_protocol",
     )
     return {name: fields.get(f"backend_{name}") for name in inherited}
 

@@ -18,7 +18,12 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from ftpsproxy.settings.errors import ConfigError
-from ftpsproxy.settings.values import PortRange, parse_backend_url, parse_port_range
+from ftpsproxy.settings.values import (
+    PortRange,
+    parse_backend_url,
+    parse_instance,
+    parse_port_range,
+)
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -158,6 +163,7 @@ HTTP_URL: Kind[str] = Kind("an http:// or https:// URL string", (str,), _http_ur
 PATH: Kind[Path] = Kind("a path (a string)", (str,), Path)
 BACKEND_URL = Kind("a URL string", (str,), parse_backend_url)
 PORT_RANGE = Kind("a range string MIN-MAX", (str,), parse_port_range, _show_range)
+INSTANCE = Kind("a string INDEX/COUNT", (str,), parse_instance)
 IPV4: Kind[str] = Kind("an IPv4 address string", (str,), _ipv4)
 SECONDS = Kind("a number of seconds", (int, float), _seconds(0, 86400, zero=False), "{:g}".format)
 DELAY = Kind("a number of seconds", (int, float), _seconds(0, 60, zero=True), "{:g}".format)

@@ -24,6 +24,7 @@ from ftpsproxy.settings.kinds import (
     ENDPOINTS,
     FLAG,
     HTTP_URL,
+    INSTANCE,
     IPV4,
     NAMES,
     NETWORKS,
@@ -41,9 +42,11 @@ from ftpsproxy.settings.values import (
     ClientCertificates,
     DataPath,
     DataProtection,
+    InstanceSlice,
     LogFormat,
     LookupFailure,
     PortRange,
+    ProxyProtocolOut,
     TLSVersion,
     default_share,
 )
@@ -210,8 +213,8 @@ class Config:
         "A pool of backends instead of --backend, as [[backends]] tables in the file: "
         "name, url, weight, max-sessions, state (active or drain) and the TLS keys ca, "
         "server-name, insecure, client-certificate, client-key, tls-max-version, "
-        "data-protection (default: the backend-* options); SIGHUP applies a changed list "
-        "to new sessions",
+        "data-protection, and proxy-protocol (default: the backend-* options); SIGHUP "
+        "applies a changed list to new sessions",
         reloadable=True,
     )
     balance: Policy = option(
@@ -280,6 +283,14 @@ class Config:
     backend_data_protection: DataProtection = option(
         choice(DataProtection), DataProtection.PRIVATE, "PROT level towards an FTPS backend"
     )
+    backend_proxy_protocol: ProxyProtocolOut = option(
+        choice(ProxyProtocolOut),
+        ProxyProtocolOut.OFF,
+        "Start each backend control connection with a PROXY protocol header naming the "
+        "client's address (the backend must expect it: ProFTPD mod_proxy_protocol, HAProxy "
+        "accept-proxy); v2 also carries the client's TLS version, cipher, SNI name and the "
+        "session id; probes send a LOCAL (v1: UNKNOWN) header",
+    )
     backend_data_mode: BackendDataMode = option(
         choice(BackendDataMode),
         BackendDataMode.PASSIVE,
@@ -295,6 +306,13 @@ class Config:
     # -- passive data connections
     passive_ports: PortRange = option(
         PORT_RANGE, PortRange(30000, 30099), "Passive data port range MIN-MAX"
+    )
+    instance: InstanceSlice | None = option(
+        INSTANCE,
+        None,
+        "This instance's share of --passive-ports when several instances sit behind one "
+        "balancer: slice INDEX of COUNT (from 0), split as the workers split it, so each "
+        "instance owns ports no other uses",
     )
     public_address: str | None = option(
         IPV4, None, "IPv4 address announced in PASV replies", reloadable=True
@@ -415,6 +433,7 @@ class Config:
                 client_key=self.backend_client_key,
                 tls_max_version=self.backend_tls_max_version,
                 data_protection=self.backend_data_protection,
+                proxy_protocol=self.backend_proxy_protocol,
             ),
         )
 
