@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml  # the test extra's (kubernetes-validate's dependency)
 
 from tests.support.backend import PyftpdBackend
 from tests.support.certs import Pki
@@ -271,3 +272,88 @@ def test_image_runs_non_root_relays_files_and_drains_to_exit_0_on_podman_stop(
     assert "Traceback" not in logs
     # The plugin cache was written at build time: the non-root process need not write it.
     assert "Unable to write to plugin cache" not in logs
+
+
+def test_the_kubernetes_pod_command_starts_the_image_with_its_slice(
+    image: str, pki: Pki, tmp_path: Path
+) -> None:
+    """The StatefulSet's wrapper and ConfigMap (deploy/kubernetes), in the image, laid out as
+    the pod's projected volume (mode 0440, group 10001): pod ftpsproxy-1 of 3 must start as
+    uid 10001 and listen on its slice only (33 of 30000-30099), and SIGTERM ends it with 0.
+    Fails when the config does not load in the real proxy, a file is unreadable by the
+    pod's user, or the wrapper passes the wrong slice. No network: the backends in the
+    ConfigMap do not exist here (so /readyz stays 503, /healthz 200)."""
+    kube = REPO / "deploy" / "kubernetes"
+    config = yaml.safe_load((kube / "configmap.yaml").read_text())["data"]
+    sts = yaml.safe_load((kube / "statefulset.yaml").read_text())
+    (container_spec,) = sts["spec"]["template"]["spec"]["containers"]
+    etc = tmp_path / "etc-ftpsproxy"
+    (etc / "tls").mkdir(parents=True)
+    for name, text in config.items():
+        (etc / name).write_text(text)
+    shutil.copyfile(pki.server_cert, etc / "tls" / "tls.crt")
+    shutil.copyfile(pki.server_key, etc / "tls" / "tls.key")
+    for path in [etc, etc / "tls"]:
+        os.chown(path, 0, 10001)
+        path.chmod(0o750)
+    for path in [*etc.glob("*"), *(etc / "tls").glob("*")]:
+        if path.is_file():
+            os.chown(path, 0, 10001)
+            path.chmod(0o440)
+    pod = Container(image, etc, "http://127.0.0.1:9102/healthz")
+    try:
+        _podman(
+            "run",
+            "--detach",
+            "--name",
+            pod.name,
+            "--network=none",
+            *LIMITS,
+            "--health-interval=disable",
+            "--user",
+            "10001:10001",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--volume",
+            f"{etc}:/etc/ftpsproxy:ro",
+            "--env",
+            "POD_NAME=ftpsproxy-1",
+            "--env",
+            f"REPLICAS={sts['spec']['replicas']}",
+            "--entrypoint",
+            container_spec["command"][0],
+            image,
+            *container_spec["command"][1:],
+        )
+        scrape = (
+            "import urllib.request; "
+            "url = 'http://127.0.0.1:9102/metrics'; "
+            "print(urllib.request.urlopen(url, timeout=4).read().decode())"
+        )
+
+        def capacity() -> str | None:
+            if pod.state("Status") != "running":
+                raise AssertionError(f"the pod's container stopped:\n{pod.logs()}")
+            done = subprocess.run(
+                [*PODMAN, "exec", pod.name, "python3", "-c", scrape],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            for line in done.stdout.splitlines():
+                if line.startswith("ftpsproxy_passive_ports_capacity "):
+                    return line.split()[1]
+            return None
+
+        wait_until(capacity, 30, "the pod's /metrics")
+        assert capacity() == "33.0"  # slice 1 of 3 of 30000-30099: 30034-30066
+        _podman("healthcheck", "run", pod.name)
+        _podman("stop", "--time", "60", pod.name, timeout=90)
+        logs = pod.logs()
+        assert pod.state("ExitCode") == "0", logs
+        assert "Traceback" not in logs
+    finally:
+        print(f"--- pod container {pod.name} ---\n{pod.logs()}")
+        pod.remove()

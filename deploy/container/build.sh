@@ -68,9 +68,11 @@ else
             command -v mmdebstrap >/dev/null ||
                 die "no $OFFICIAL_BASE and no mmdebstrap to bootstrap a base (apt-get install mmdebstrap)"
             step "bootstrapping $SUITE with mmdebstrap into $rootfs"
+            # The name must end in .tar: mmdebstrap picks its output format from it.
+            rm -rf "$CACHE/partial-$SUITE.tar"
             mmdebstrap --quiet --variant=minbase --include=python3,python3-venv \
-                "$SUITE" "$rootfs.tmp"
-            mv "$rootfs.tmp" "$rootfs"
+                "$SUITE" "$CACHE/partial-$SUITE.tar"
+            mv "$CACHE/partial-$SUITE.tar" "$rootfs"
         fi
         step "importing $rootfs as $BASE"
         pm import --quiet --change 'CMD ["/bin/bash"]' "$rootfs" "$BASE" >/dev/null
