@@ -9,8 +9,8 @@ drain), and the container's exit code is 0.
 
 The base rootfs and the dependency wheels are cached in ``FTPSPROXY_CONTAINER_CACHE``
 (default ``/var/tmp/ftpsproxy-container-cache``, outside the checkout), so a repeat run
-only rebuilds the project's wheel and the image's one layer (~10 s here; the first run
-bootstraps the base, ~20 s more).
+only rebuilds the project's wheel and the image's one layer (~13 s here; the first run
+bootstraps the base and builds the dependency wheels: ~46 s).
 """
 
 from __future__ import annotations
