@@ -12,7 +12,10 @@ ROOT=$PWD
 # which also needs javac: a JDK only where there is none. tests/test_deploy.py checks the
 # service kit with the tools that read it: systemd (systemd-analyze verify; no daemon is
 # started), nftables (nft -c; its service stays disabled), logrotate and shellcheck.
+# tests/test_container.py builds and runs the image with podman, on runc (crun refuses
+# hybrid cgroup layouts) and a Debian base bootstrapped by mmdebstrap (no registry here).
 APT_PACKAGES="curl lftp openssl rclone libcommons-net-java systemd nftables logrotate shellcheck"
+APT_PACKAGES+=" podman runc mmdebstrap"
 if ! command -v javac >/dev/null; then APT_PACKAGES+=" default-jdk-headless"; fi
 SECONDS=0
 
