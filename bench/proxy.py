@@ -63,6 +63,11 @@ def _option_help(option: str) -> str | None:
     return match.group() if match else None
 
 
+def supports_pools() -> bool:
+    """Backend pools (``[[backends]]`` and ``--balance``) exist in this checkout."""
+    return _option_help("--balance") is not None
+
+
 def supports_workers() -> bool:
     return _option_help("--workers") is not None
 
@@ -97,8 +102,13 @@ def start(
     passive: tuple[int, int],
     logs: Path,
     extra: Sequence[str] = (),
+    pool: int = 0,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start one proxy with an explicit-FTPS (and plain) listener; returns it and its port."""
+    """Start one proxy with an explicit-FTPS (and plain) listener; returns it and its port.
+
+    With *pool* > 0 the backend is a pool of that many ``[[backends]]`` tables, all
+    naming *backend_url*: what routing costs, with the backend's capacity unchanged.
+    """
     check_ports_free(*passive)
     port = free_port()
     log = logs / f"{name}.log"
@@ -106,7 +116,18 @@ def start(
     argv = [*twistd_argv(), "-n", "--pidfile=", f"--logfile={log}", "ftpsproxy"]
     argv += ["--listen", f"tcp:{port}:interface={HOST}"]
     argv += ["--certificate", str(pki.server_cert), "--private-key", str(pki.server_key)]
-    argv += ["--backend", backend_url, "--passive-ports", f"{passive[0]}-{passive[1]}"]
+    if pool:
+        config = logs / f"{name}.toml"
+        config.write_text(
+            "".join(
+                f'[[backends]]\nname = "ftp{n}"\nurl = "{backend_url}"\n\n'
+                for n in range(1, pool + 1)
+            )
+        )
+        argv += ["--config", str(config)]
+    else:
+        argv += ["--backend", backend_url]
+    argv += ["--passive-ports", f"{passive[0]}-{passive[1]}"]
     argv += ["--public-address", HOST, "--max-sessions", "5000", "--max-sessions-per-ip", "5000"]
     argv += ["--max-passive-ports-per-ip", "5000"]  # every client runs on 127.0.0.1
     if backend_url.startswith(("ftpes:", "ftps:")):

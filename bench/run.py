@@ -84,6 +84,7 @@ PASSIVE = {
     "ftpsproxy-copy": (30700, 30799),
     "modproxy-tls": (30800, 30899),
     "ftpsproxy-fresh": (30900, 30999),
+    "ftpsproxy-pool": (31000, 31099),
 }
 
 
@@ -401,6 +402,18 @@ def start_everything(
         )  # fmt: skip
     else:
         notes.append("`twistd ftpsproxy --help` has no --data-path splice|copy: not compared")
+    if proxy.supports_pools():
+        fp_pool, fp_pool_port = proxy.start(
+            procs, "ftpsproxy-pool", backend_url=backend.url(tls=False), pki=pki,
+            passive=PASSIVE["ftpsproxy-pool"], logs=logs, extra=splice, pool=3,
+        )  # fmt: skip
+        t["fp-tls-plain-pool3"] = Target(
+            "fp-tls-plain-pool3", "ftpsproxy TLS→plain, pool of 3", fp_pool_port, True,
+            "ftpsproxy", fp_pool.pid,
+            (("direct", "direct-ftps"), ("one backend", "fp-tls-plain")),
+        )  # fmt: skip
+    else:
+        notes.append("`twistd ftpsproxy --help` has no --balance: the pool row is skipped")
     if proxy.supports_workers():
         fp_w, fp_w_port = proxy.start(
             procs, "ftpsproxy-workers", backend_url=backend.url(tls=False), pki=pki,
@@ -469,7 +482,7 @@ def part_throughput(args: argparse.Namespace, setup: Setup, raw: dict[str, Any])
 def part_sessions(args: argparse.Namespace, setup: Setup, raw: dict[str, Any]) -> Any:
     chosen = _pick(
         setup, "direct-ftps", "mp-tls-plain", "mp-tls-tls", "fp-tls-plain", "fp-tls-tls",
-        "fp-tls-plain-w2",
+        "fp-tls-plain-pool3", "fp-tls-plain-w2",
     )  # fmt: skip
     done: list[sessions.SessionRate] = []
     for round_no in range(1, args.rounds + 1):

@@ -12,7 +12,10 @@ ROOT=$PWD
 # which also needs javac: a JDK only where there is none. tests/test_deploy.py checks the
 # service kit with the tools that read it: systemd (systemd-analyze verify; no daemon is
 # started), nftables (nft -c; its service stays disabled), logrotate and shellcheck.
+# tests/test_container.py builds and runs the image with podman, on runc (crun refuses
+# hybrid cgroup layouts) and a Debian base bootstrapped by mmdebstrap (no registry here).
 APT_PACKAGES="curl lftp openssl rclone libcommons-net-java systemd nftables logrotate shellcheck"
+APT_PACKAGES+=" podman runc mmdebstrap"
 if ! command -v javac >/dev/null; then APT_PACKAGES+=" default-jdk-headless"; fi
 SECONDS=0
 
@@ -191,6 +194,18 @@ elif [[ $(id -u) -eq 0 ]] && command -v dpkg-query >/dev/null; then
     install_quietly prometheus
 else
     echo "not root or no dpkg: promtool tests skip (or fail under CI)"
+fi
+
+step "haproxy (Debian package; its daemon is not started)"
+# tests/test_scaleout_netns.py runs it in network namespaces in front of two instances;
+# tests/test_e2e_proxy_out.py as a PROXY protocol receiver in front of a backend.
+if command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]]; then
+    haproxy_bin=$(command -v haproxy || echo /usr/sbin/haproxy)
+    echo "installed: $("$haproxy_bin" -v | head -1)"
+elif [[ $(id -u) -eq 0 ]] && command -v dpkg-query >/dev/null; then
+    install_quietly haproxy
+else
+    echo "not root or no dpkg: the haproxy tests skip (or fail under CI)"
 fi
 
 # --- python virtual environment -------------------------------------------------------

@@ -140,3 +140,16 @@ def test_sighup_changes_the_passive_share_for_new_requests() -> None:
     service._reread_config = lambda: current
     service.reload()
     assert service.context.allocator.share == 10
+
+
+def test_instance_takes_its_slice_of_the_passive_range() -> None:
+    """Instances behind one balancer: disjoint slices, split as the workers split."""
+    base = {**BASE, "passive-ports": "30000-30099"}
+    slices = [build_config(base, {"instance": f"{index}/3"}).passive_ports for index in range(3)]
+    assert slices == [PortRange(30000, 30033), PortRange(30034, 30066), PortRange(30067, 30099)]
+    assert build_config({**base, "instance": "1/2"}, {}).passive_ports == PortRange(30050, 30099)
+    for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(ConfigError, match=r"instance: .*INDEX/COUNT"):
+            build_config(base, {"instance": bad})
+    with pytest.raises(ConfigError, match="cannot split 2 ports 3 ways"):
+        build_config({**BASE, "passive-ports": "30000-30001"}, {"instance": "0/3"})

@@ -28,7 +28,7 @@ INSTALL = DEPLOY / "install.sh"
 VENV = "opt/ftpsproxy/venv"
 #: The scripts the kit ships or runs, for shellcheck.
 SCRIPTS = ("deploy/install.sh", "deploy/certbot/ftpsproxy-reload.sh", "deploy/demo.sh")
-SCRIPTS += ("deploy/setup-venv.sh", "tests/run.sh")
+SCRIPTS += ("deploy/setup-venv.sh", "tests/run.sh", "deploy/container/build.sh")
 
 
 @dataclass(frozen=True)

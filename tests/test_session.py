@@ -27,6 +27,7 @@ from ftpsproxy.control.frontend import FrontendProtocol
 from ftpsproxy.control.routing import BackendRouter
 from ftpsproxy.control.states import State
 from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.net.proxy_header_out import ClientFacts, ClientTLS
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.observe.routing_events import RoutingEvents
 from ftpsproxy.pool import Pool
@@ -61,9 +62,11 @@ class InMemoryBackend:
 
     def __init__(self) -> None:
         self.pending: list[Deferred[BackendControl]] = []
+        self.facts: list[ClientFacts | None] = []  # what each control() was told of the client
         self.data_connections: list[tuple[str, int, Protocol, Deferred[Protocol]]] = []
 
-    def control(self) -> Deferred[BackendControl]:
+    def control(self, facts: ClientFacts | None = None) -> Deferred[BackendControl]:
+        self.facts.append(facts)
         waiting: Deferred[BackendControl] = Deferred()
         self.pending.append(waiting)
         return waiting
@@ -813,3 +816,30 @@ def test_client_that_never_finishes_closing_is_reset_after_the_close_timeout() -
     assert not harness.client_transport.disconnected
     harness.reactor.advance(3.0)
     assert harness.client_transport.disconnected
+
+
+def test_the_backend_connector_is_told_the_client_for_a_proxy_header(harness: Harness) -> None:
+    """The client's address and port, the proxy's address it reached, the session id
+    (as logged) and no TLS: what a PROXY header to the backend carries.  Fails if login
+    passes no facts to the router, or the router none to the connector."""
+    harness.login()
+    assert harness.client.session is not None
+    assert harness.backend.facts == [
+        ClientFacts("127.0.0.5", 50000, "127.0.0.1", 2121, None, str(harness.client.session.id))
+    ]
+
+
+def test_the_client_tls_facts_are_those_of_its_handshake() -> None:
+    harness = Harness(tls=True)
+    handle = SimpleNamespace(
+        get_protocol_version_name=lambda: "TLSv1.3",
+        get_cipher_name=lambda: "TLS_AES_256_GCM_SHA384",
+        get_servername=lambda: b"ftp.example.org",
+        get_peer_certificate=lambda: None,
+    )
+    harness.client_transport.getHandle = lambda: handle  # type: ignore[attr-defined]
+    harness.client.handshakeCompleted()
+    harness.login()
+    tls = ClientTLS("TLSv1.3", "TLS_AES_256_GCM_SHA384", "ftp.example.org", certificate=False)
+    [facts] = harness.backend.facts
+    assert facts is not None and facts.tls == tls

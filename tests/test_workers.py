@@ -34,7 +34,7 @@ from ftpsproxy.ops.worker_process import (
     WorkerJSONLineObserver,
     respawn_delay,
 )
-from ftpsproxy.ops.workerspec import WorkerSpec, split_passive_ports, worker_cli
+from ftpsproxy.ops.workerspec import WorkerSpec, worker_cli
 from ftpsproxy.settings.config import PortRange, build_config
 from ftpsproxy.settings.errors import ConfigError
 from tests.conftest import MakeProxy
@@ -65,7 +65,7 @@ def test_port_slices_are_disjoint_non_empty_and_cover_the_range(
     high = min(low + size - 1, 65535)
     ports = PortRange(low, high)
     count = data.draw(st.integers(1, ports.size))
-    slices = split_passive_ports(ports, count)
+    slices = ports.split(count)
     assert len(slices) == count
     assert all(s.size >= 1 for s in slices)
     assert [p for s in slices for p in range(s.low, s.high + 1)] == list(range(low, high + 1))
@@ -73,8 +73,8 @@ def test_port_slices_are_disjoint_non_empty_and_cover_the_range(
 
 
 def test_more_workers_than_passive_ports_is_refused() -> None:
-    with pytest.raises(ValueError):
-        split_passive_ports(PortRange(30000, 30001), 3)
+    with pytest.raises(ConfigError, match="cannot split 2 ports 3 ways"):
+        PortRange(30000, 30001).split(3)
     with pytest.raises(ConfigError, match="workers: 3 workers need at least as many passive"):
         build_config(
             {},

@@ -11,6 +11,7 @@ import enum
 import ipaddress
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
@@ -31,6 +32,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -39,11 +41,18 @@ from ftpsproxy.ftp.greeting import Greeting, judge_greeting, refusal
 from ftpsproxy.ftp.replies import Reply, ReplyParser
 from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.factories import PrebuiltFactory
+from ftpsproxy.net.proxy_header_out import (
+    V1_UNKNOWN_HEADER,
+    V2_LOCAL_HEADER,
+    ClientFacts,
+    encode_v1,
+    encode_v2,
+)
 from ftpsproxy.net.sockets import tune
 from ftpsproxy.net.timers import cancel_call
 from ftpsproxy.settings.backends import Backend
 from ftpsproxy.settings.config import BackendAddress
-from ftpsproxy.settings.values import DataProtection
+from ftpsproxy.settings.values import DataProtection, ProxyProtocolOut
 from ftpsproxy.tls.backend import BackendSessionTLS, BackendTLSSettings
 from ftpsproxy.tls.bulk import BulkTLSFactory
 
@@ -111,9 +120,15 @@ class BackendControl(Protocol):
     """
 
     def __init__(
-        self, tls: BackendSessionTLS | None = None, *, explicit: bool = False, protect: bool = True
+        self,
+        tls: BackendSessionTLS | None = None,
+        *,
+        explicit: bool = False,
+        protect: bool = True,
+        proxy_header: bytes = b"",
     ) -> None:
         self.tls = tls
+        self._proxy_header = proxy_header  # sent first, on a connection TLS does not wrap yet
         self.protect_data = tls is not None and protect
         self._explicit = explicit
         self._parser = ReplyParser()
@@ -143,6 +158,8 @@ class BackendControl(Protocol):
 
     def connectionMade(self) -> None:
         tune(self.transport)
+        if self._proxy_header:
+            self.transport.write(self._proxy_header)  # type: ignore[union-attr]
 
     def watch_replies(self, clock: IReactorTime, timeout: float, close_timeout: float) -> None:
         """From now on, a command unanswered for *timeout* seconds ends the connection,
@@ -320,12 +337,14 @@ class BackendConnector:
         tls: BackendTLSSettings | None = None,
         *,
         protect_data: bool = True,
+        proxy_protocol: ProxyProtocolOut = ProxyProtocolOut.OFF,
     ) -> None:
         self._reactor = reactor
         self.address = address
         self.timeout = timeout
         self.tls = tls
         self.protect_data = protect_data
+        self.proxy_protocol = proxy_protocol
         if (address.scheme == "ftp") != (tls is None):
             raise ValueError("TLS settings go with ftpes:// and ftps:// backends only")
 
@@ -339,19 +358,38 @@ class BackendConnector:
             return TCP4ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
         return TCP6ClientEndpoint(self._reactor, host, port, timeout=self.timeout)
 
-    def control(self) -> Deferred[BackendControl]:
+    def proxy_header(self, facts: ClientFacts | None) -> bytes:
+        """The PROXY header this backend gets first: none, the client's, or (no *facts*:
+        a probe) one saying there is no client behind the connection."""
+        version = self.proxy_protocol
+        if version is ProxyProtocolOut.OFF:
+            return b""
+        if facts is None:
+            return V2_LOCAL_HEADER if version is ProxyProtocolOut.V2 else V1_UNKNOWN_HEADER
+        return encode_v2(facts) if version is ProxyProtocolOut.V2 else encode_v1(facts)
+
+    def control(self, facts: ClientFacts | None = None) -> Deferred[BackendControl]:
         """Connect and set the session up; fails with the reason otherwise.
 
         ``timeout`` bounds the whole set-up: connect, TLS handshake, greeting, PBSZ/PROT.
+        *facts* are the session's client, for a PROXY header; None for a probe.
         """
+        header = self.proxy_header(facts)
+        implicit = self.address.scheme == "ftps"
         session_tls = BackendSessionTLS(self.tls) if self.tls is not None else None
         control = BackendControl(
-            session_tls, explicit=self.address.scheme == "ftpes", protect=self.protect_data
+            session_tls,
+            explicit=self.address.scheme == "ftpes",
+            protect=self.protect_data,
+            proxy_header=b"" if implicit else header,
         )
         endpoint = self._endpoint(self.address.host, self.address.port)
-        if session_tls is not None and self.address.scheme == "ftps":
+        factory: IProtocolFactory = PrebuiltFactory(control)
+        if session_tls is not None and implicit and header:
+            factory = HeaderFirstTLSFactory(session_tls, header, factory)
+        elif session_tls is not None and implicit:
             endpoint = wrapClientTLS(session_tls, endpoint)
-        connected: Deferred[Protocol] = endpoint.connect(PrebuiltFactory(control))  # type: ignore[assignment]
+        connected: Deferred[Protocol] = endpoint.connect(factory)  # type: ignore[assignment]
         timer = self._reactor.callLater(self.timeout, self._set_up_timed_out, control, connected)  # type: ignore[attr-defined]
 
         def done(result: object) -> object:
@@ -380,6 +418,9 @@ class BackendConnector:
         """Connect *protocol* to a backend data port, at the control connection's peer.
 
         With ``PROT P`` the data connection resumes the control connection's TLS session.
+        No PROXY header here: the spec's receivers (ProFTPD's mod_proxy_protocol, HAProxy
+        in front of one port) expect it on the control connection only, and a server that
+        read none on a data connection would store the header in the uploaded file.
         """
         endpoint = self._endpoint(control.peer_host, port)
         factory: IProtocolFactory = PrebuiltFactory(protocol)
@@ -387,6 +428,26 @@ class BackendConnector:
             factory = BulkTLSFactory(control.tls.for_data(), True, factory)
         connected: Deferred[Protocol] = endpoint.connect(factory)  # type: ignore[assignment]
         return connected
+
+
+class _HeaderFirstTLS(TLSMemoryBIOProtocol):
+    """Implicit TLS after a PROXY header: the header goes out in clear, before the ClientHello."""
+
+    factory: HeaderFirstTLSFactory
+
+    def makeConnection(self, transport: Any) -> None:
+        transport.write(self.factory.proxy_header)
+        super().makeConnection(transport)
+
+
+class HeaderFirstTLSFactory(TLSMemoryBIOFactory):
+    """``wrapClientTLS``'s factory, with a PROXY header written first (``ftps://`` backends)."""
+
+    protocol = _HeaderFirstTLS
+
+    def __init__(self, tls: BackendSessionTLS, header: bytes, wrapped: IProtocolFactory) -> None:
+        super().__init__(tls, True, wrapped)
+        self.proxy_header = header
 
 
 def connector_for(reactor: IReactorTCP, spec: Backend, timeout: float) -> BackendConnector:
@@ -408,4 +469,5 @@ def connector_for(reactor: IReactorTCP, spec: Backend, timeout: float) -> Backen
         timeout,
         tls,
         protect_data=spec.data_protection == DataProtection.PRIVATE,
+        proxy_protocol=spec.proxy_protocol,
     )

@@ -1,5 +1,5 @@
 """What all sessions of a service share: settings, the reactor, the port allocator, TLS,
-the backend router, the login guard, the reporter, and who is connected."""
+the backend router and routing by user, the login guard, the reporter, and who is connected."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from typing import Any, Protocol
 from ftpsproxy.control.loginguard import LoginGuard
 from ftpsproxy.control.proxy_rules import ConfiguredHeaderRules
 from ftpsproxy.control.routing import BackendRouter
+from ftpsproxy.control.user_routing import UserRouting
 from ftpsproxy.data.ports import PortAllocator
 from ftpsproxy.data.splice import splice_supported
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.observe.session_events import SessionEvents
+from ftpsproxy.observe.user_routing_events import UserRoutingEvents
 from ftpsproxy.observe.xferlog import XferLog
 from ftpsproxy.settings.config import Config
 from ftpsproxy.settings.values import DataPath
@@ -48,6 +50,8 @@ class ProxyContext:
     xferlog: XferLog | None = None
     login_guard: LoginGuard = field(init=False)
     events: SessionEvents = field(init=False)
+    # Which backends a user may go to; the service gives it its map and lookup, if any.
+    user_routing: UserRouting = field(init=False)
     splice: bool = field(init=False)  # plain-to-plain transfers may move in the kernel
     # PROXY protocol headers on control and on data connections (one each: one log throttle)
     control_headers: ConfiguredHeaderRules = field(init=False)
@@ -57,6 +61,7 @@ class ProxyContext:
         self.splice = self.config.data_path == DataPath.SPLICE and splice_supported(self.reactor)
         self.login_guard = LoginGuard(self.config.max_login_failures, self.config.login_lockout)
         self.events = SessionEvents(self.metrics, lambda: self.xferlog)
+        self.user_routing = UserRouting(lambda: self.config, UserRoutingEvents(self.metrics))
         config, metrics, clock = (lambda: self.config), self.metrics, self.reactor
         self.control_headers = ConfiguredHeaderRules(config, metrics, clock, "control")
         self.data_headers = ConfiguredHeaderRules(config, metrics, clock, "data")

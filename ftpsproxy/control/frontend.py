@@ -33,7 +33,8 @@ from ftpsproxy.control.session import Session
 from ftpsproxy.ftp.errors import LineTooLong
 from ftpsproxy.ftp.lines import LineBuffer
 from ftpsproxy.net.closing import CloseDeadline
-from ftpsproxy.net.proxy_protocol import ProxyHeaderFactory, proxied_destination
+from ftpsproxy.net.proxy_header_out import ClientFacts, ClientTLS
+from ftpsproxy.net.proxy_protocol import ProxyHeaderFactory, proxied_header
 from ftpsproxy.net.sockets import tune
 from ftpsproxy.tls.handshake import HandshakeWatch
 from ftpsproxy.tls.server import certificate_names
@@ -59,6 +60,8 @@ class FrontendProtocol(Protocol):
         self.peer_host = ""
         self.local_host = ""
         self.proxied_destination: str | None = None
+        self._ports = (0, 0)  # the client's port, and the one it connected to
+        self._tls: ClientTLS | None = None
         self.session: Session | None = None
         self.certificate_names: list[str] | None = None  # None: no client certificate
         self._handshake = HandshakeWatch(
@@ -72,9 +75,14 @@ class FrontendProtocol(Protocol):
         self._closing = CloseDeadline(context.reactor, context.config.close_timeout)
 
     def connectionMade(self) -> None:
-        self.peer_host = str(self.transport.getPeer().host)  # type: ignore[union-attr]
-        self.local_host = str(self.transport.getHost().host)  # type: ignore[union-attr]
-        self.proxied_destination = proxied_destination(self.transport)
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = self.transport.getHost()  # type: ignore[union-attr]
+        self.peer_host, self.local_host = str(peer.host), str(host.host)  # type: ignore[union-attr]
+        self._ports = (getattr(peer, "port", 0), getattr(host, "port", 0))
+        header = proxied_header(self.transport)
+        if header is not None:  # getPeer() is already the header's client
+            self.proxied_destination = header.destination
+            self._ports = (header.source_port, header.destination_port)
         tune(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._producing = True
@@ -104,6 +112,13 @@ class FrontendProtocol(Protocol):
             side="client", channel="control", version=handle.get_protocol_version_name()
         ).inc()
         certificate = handle.get_peer_certificate()
+        server_name = handle.get_servername()
+        self._tls = ClientTLS(
+            version=handle.get_protocol_version_name(),
+            cipher=handle.get_cipher_name() or "",
+            server_name=server_name.decode("utf-8", "replace") if server_name else None,
+            certificate=certificate is not None,  # the handshake verified it
+        )
         if certificate is not None:
             subject, self.certificate_names = certificate_names(certificate)
             log.info(
@@ -180,6 +195,17 @@ class FrontendProtocol(Protocol):
             self.session.client_lost()
 
     # -- ClientLink -------------------------------------------------------------------------
+
+    def facts(self, unique_id: str) -> ClientFacts:
+        """The client for a backend's PROXY header: with PROXY protocol in, the header's."""
+        return ClientFacts(
+            source=self.peer_host,
+            source_port=self._ports[0],
+            destination=self.proxied_destination or self.local_host,
+            destination_port=self._ports[1],
+            tls=self._tls,
+            unique_id=unique_id,
+        )
 
     def send(self, data: bytes) -> None:
         if self.transport is not None:

@@ -13,6 +13,7 @@ from typing import Protocol
 from ftpsproxy.control.backend import BackendLink, ReplyHandler
 from ftpsproxy.ftp.lines import Command
 from ftpsproxy.ftp.replies import Reply
+from ftpsproxy.net.proxy_header_out import ClientFacts
 
 
 class ClientLink(Protocol):
@@ -23,6 +24,9 @@ class ClientLink(Protocol):
     proxied_destination: str | None  # where the client connected to, from a PROXY header
     tls_active: bool
     certificate_names: list[str] | None  # None: no client certificate presented
+
+    def facts(self, unique_id: str) -> ClientFacts:
+        """The client as a backend's PROXY header tells it, TLS as it is now."""
 
     def send(self, data: bytes) -> None: ...
 

@@ -1,5 +1,5 @@
-"""Logging in: USER opens the backend session, USER/PASS/ACCT are relayed, and a refused
-password is paid for.
+"""Logging in: USER is routed (``user_routing``) and opens the backend session,
+USER/PASS/ACCT are relayed, and a refused password is paid for.
 
 Every ``530`` is answered late (``--login-failure-delay``); failures and passwords still
 at the backend count per client address across all its sessions (:class:`LoginGuard`),
@@ -19,8 +19,9 @@ from ftpsproxy.control.context import LOCKED_OUT, ProxyContext
 from ftpsproxy.control.links import ClientLink, SessionCore
 from ftpsproxy.control.routing import NoBackendAvailable, Route
 from ftpsproxy.control.states import State
+from ftpsproxy.control.user_routing import UNMAPPED_TEXT, Decision, NoRoute
 from ftpsproxy.ftp.lines import Command
-from ftpsproxy.ftp.replies import Reply
+from ftpsproxy.ftp.replies import Reply, make_reply
 from ftpsproxy.net.timers import cancel_call
 
 
@@ -29,6 +30,7 @@ class LoginHost(SessionCore, Protocol):
 
     state: State
     user: str | None
+    route: Route | None
 
     def goto(self, state: State) -> None: ...
 
@@ -87,18 +89,60 @@ class Login:
                 self._context.events.certificate_mismatch(session.id, session.user)
                 session.reply(530, "User name does not match the client certificate.")
                 return
+        session.hold()  # commands wait while the user's backends are decided
+        deciding = self._context.user_routing.decide(session.id, command.text())
+        deciding.addCallback(self._routed, command).addErrback(self._routing_broke)
+
+    def _routed(self, decision: Decision, command: Command) -> None:
+        """Refuse, or connect to a backend the decision allows and send it the USER it names.
+
+        A second ``USER`` (the session already has its backend) goes there only if the
+        decision allows that backend: otherwise one login could pick the backend for
+        another user's name.
+        """
+        session = self._session
+        if session.state is State.CLOSED:
+            return
+        if isinstance(decision, NoRoute):
+            self._refuse(decision)
+            return
+        sent = Command("USER", decision.user.encode("utf-8", "surrogateescape"))
         if session.state is State.LOGGING_IN:
-            self.relay(command)
+            route = session.route
+            assert route is not None  # LOGGING_IN: attached
+            if decision.among is not None and route.backend.name not in decision.among:
+                self._refuse(NoRoute(530, UNMAPPED_TEXT, "its backend is another session's"))
+                return
+            self.relay(sent)
             return
         session.goto(State.CONNECTING)
-        session.hold()
         connecting = self._context.router.connect(
-            session.id, user=command.text(), client=self._client.peer_host
+            session.id,
+            user=command.text(),
+            client=self._client.peer_host,
+            among=decision.among,
+            why=decision.why,
+            facts=self._client.facts(str(session.id)),
         )
         connecting.addCallbacks(
-            lambda routed: self._backend_ready(routed[0], routed[1], command),
+            lambda routed: self._backend_ready(routed[0], routed[1], sent),
             self._backend_failed,
         )
+
+    def _refuse(self, refusal: NoRoute) -> None:
+        """``530`` is a failed login like the backend's (late, counted); ``421`` ends.
+
+        Both were logged where they were decided."""
+        if refusal.code != 530:
+            self._session.close(refusal.code, refusal.text)
+            return
+        locked = self._answered(failed=True)
+        self._failed(make_reply(530, refusal.text), locked)
+
+    def _routing_broke(self, reason: Failure) -> None:
+        """A bug in deciding: end the session as a backend failure would, logged."""
+        self._context.events.backend_failed(self._session.id, reason.getErrorMessage())
+        self._session.close(421, "Service not available: local error in routing.")
 
     def password(self, command: Command) -> None:
         if self._session.state is State.AWAITING_USER:

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 
 from ftpsproxy.control.backend import BackendControl, BackendLink
 from ftpsproxy.control.probe_outcome import probe_failed
+from ftpsproxy.net.proxy_header_out import ClientFacts
 from ftpsproxy.observe.routing_events import RoutingEvents
 from ftpsproxy.pool import CheckResult, HealthState, Lease, Pool, Source
 from ftpsproxy.settings.backends import Backend
@@ -28,7 +29,7 @@ from ftpsproxy.settings.backends import Backend
 class Connector(TypingProtocol):
     """What routing needs of one backend's connector (``BackendConnector``)."""
 
-    def control(self) -> Deferred[BackendControl]: ...
+    def control(self, facts: ClientFacts | None = None) -> Deferred[BackendControl]: ...
 
     def data(self, control: BackendLink, port: int, protocol: Protocol) -> Deferred[Protocol]: ...
 
@@ -63,24 +64,38 @@ class BackendRouter:
         self._clock = clock
 
     def connect(
-        self, session: int, *, user: str, client: str
+        self,
+        session: int,
+        *,
+        user: str,
+        client: str,
+        among: Sequence[str] | None = None,
+        why: str = "",
+        facts: ClientFacts | None = None,
     ) -> Deferred[tuple[Route, BackendControl]]:
         """The first candidate that sets a session up; fails with the last failure.
 
-        When the pool has no usable backend (all down by the probes' account), every
-        active one is tried anyway: the probes may be a few seconds behind, and a
-        client is better served by a late success than by a certain ``421``.
+        ``among`` limits the candidates to these names (the user's routing decided
+        them, ``why`` says how); the policy balances among them.  *facts* describe the
+        client to a backend that wants a PROXY header.  When the pool has no usable
+        backend (all down by the probes' account), every active one is tried anyway:
+        the probes may be a few seconds behind, and a client is better served by a late
+        success than by a certain ``421``.
         """
-        candidates = self.pool.candidates(user=user, client=client)
+        candidates = self.pool.candidates(user=user, client=client, among=among)
         panic = not candidates
         if panic:
-            candidates = self.pool.candidates(user=user, client=client, include_down=True)
+            candidates = self.pool.candidates(
+                user=user, client=client, among=among, include_down=True
+            )
         result: Deferred[tuple[Route, BackendControl]] = Deferred()
         if not candidates:
             result.errback(Failure(NoBackendAvailable("no backend may take a session")))
             return result
         policy = f"{self.pool.policy.value}{' (all down: trying anyway)' if panic else ''}"
-        self._try(session, candidates, 0, policy, None, result, include_down=panic)
+        if why:
+            policy = f"{why}; {policy}"
+        self._try(session, candidates, 0, policy, None, result, include_down=panic, facts=facts)
         return result
 
     def _try(
@@ -93,6 +108,7 @@ class BackendRouter:
         result: Deferred[tuple[Route, BackendControl]],
         *,
         include_down: bool,
+        facts: ClientFacts | None,
     ) -> None:
         lease = None
         while index < len(candidates) and lease is None:
@@ -131,9 +147,10 @@ class BackendRouter:
                 (backend, reason),
                 result,
                 include_down=include_down,
+                facts=facts,
             )
 
-        connector.control().addCallbacks(ready, set_up_failed)
+        connector.control(facts).addCallbacks(ready, set_up_failed)
 
     def update(self, backends: Sequence[Backend], connectors: Mapping[str, Connector]) -> None:
         """A reload: new backends, states, weights and caps for new sessions.

@@ -163,16 +163,22 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             protocol.connectionLost(reason)
 
 
-def proxied_destination(transport: object) -> str | None:
-    """The address the client connected to, per the PROXY header under *transport*
-    (looked for through TLS wrappers), or None without one."""
+def proxied_header(transport: object) -> Proxied | None:
+    """The PROXY header under *transport* (looked for through TLS wrappers), or None."""
     for _ in range(4):
         if isinstance(transport, ProxyHeaderProtocol):
-            return None if transport.proxied is None else transport.proxied.destination
+            return transport.proxied
         if not isinstance(transport, ProtocolWrapper):
             return None
         transport = transport.transport
     return None
+
+
+def proxied_destination(transport: object) -> str | None:
+    """The address the client connected to, per the PROXY header under *transport*
+    (looked for through TLS wrappers), or None without one."""
+    header = proxied_header(transport)
+    return None if header is None else header.destination
 
 
 class ProxyHeaderFactory(ServerFactory):

@@ -6,6 +6,7 @@ a connection's queued output when ``splice(2)`` takes over its socket
 (``data/splice.py``), passive listeners that do not log two lines each (``data/passive.py``),
 failing at start-up when a listening port is taken, knowing when a listener is bound, and
 closing a listening socket a worker process shares without ``shutdown()`` (``ops/``),
+an HTTP client that does not log two lines per request (``control/user_lookup.py``),
 and the PROXY protocol parsers, which Twisted keeps in private modules behind
 ``proxyEndpoint`` (``net/proxy_header.py``; the endpoint reads the header after the
 wrapped protocol has started, and trusts any sender).
@@ -39,6 +40,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 __all__ = [
     "INTERNALS",
@@ -176,6 +178,21 @@ class QuietPort(tcp.Port):
         """Twisted's close line: none."""
 
 
+def quiet_http_pool(reactor: Any) -> HTTPConnectionPool:
+    """A non-persistent ``Agent`` pool whose connections log no start and stop lines.
+
+    ``HTTPConnectionPool._factory`` makes a factory per connection, and a noisy one
+    logs two lines per user lookup.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietHTTP11ClientFactory
+    return pool
+
+
+class _QuietHTTP11ClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
 def listen_tcp_quietly(
     reactor: Any, port: int, factory: ServerFactory, backlog: int, interface: str
 ) -> IListeningPort:
@@ -265,6 +282,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(tcp.Port, "_shouldShutdown", "is set: the master closes its listening "
              "sockets without shutdown(), which would stop the workers' accepts (ops/)",
              used_in="_closeSocket"),
+    Internal(HTTPConnectionPool, "_factory", "is replaced by a quiet factory: no log lines "
+             "per user lookup (control/user_lookup.py)", used_in="_newConnection"),
     Internal(V1Parser, "feed", "is called: PROXY v1 headers (net/proxy_header.py)",
              parameters=("self", "data")),
     Internal(V1Parser, "PROXYSTR", "is read: how a v1 header starts (net/proxy_header.py)"),

@@ -19,6 +19,7 @@ from prometheus_client import (
 disable_created_metrics()
 
 DIRECTIONS = ("upload", "download", "listing")
+LOOKUP_ERRORS = ("unreachable", "timeout", "status", "invalid")
 
 
 class Metrics:
@@ -199,6 +200,26 @@ class Metrics:
             ["from", "to"],
             registry=r,
         )
+        self.user_lookup_cache = Counter(
+            "ftpsproxy_user_lookup_cache",
+            "User lookups by cache result: hit (answered from the cache, found or 404), "
+            "miss (the lookup service was asked).",
+            ["result"],
+            registry=r,
+        )
+        self.user_lookup_errors = Counter(
+            "ftpsproxy_user_lookup_errors",
+            "User lookups that failed, by reason: unreachable, timeout, status (neither 200 "
+            "nor 404), invalid (a 200 that is not an answer).",
+            ["reason"],
+            registry=r,
+        )
+        self.user_map_reloads = Counter(
+            "ftpsproxy_user_map_reloads",
+            "Reloads of the user map file, by result (error: the previous map is kept).",
+            ["result"],
+            registry=r,
+        )
         self.replies_total = Counter(
             "ftpsproxy_replies",
             "Replies sent to clients, by class (1xx-5xx).",
@@ -224,6 +245,12 @@ class Metrics:
         for channel in ("control", "data"):
             for reason in ("untrusted", "timeout", "invalid"):
                 self.proxy_header_refusals.labels(channel=channel, reason=reason)
+        for result in ("hit", "miss"):
+            self.user_lookup_cache.labels(result=result)
+        for reason in LOOKUP_ERRORS:
+            self.user_lookup_errors.labels(reason=reason)
+        for result in ("ok", "error"):
+            self.user_map_reloads.labels(result=result)
         self.transfers_active.set(0)
         self.passive_ports_in_use.set(0)
 

@@ -15,11 +15,15 @@ from ftpsproxy.control.context import ProxyContext
 from ftpsproxy.control.frontend import frontend_factory
 from ftpsproxy.control.health import PoolHealth
 from ftpsproxy.control.routing import BackendRouter
+from ftpsproxy.control.user_lookup import UserLookup
+from ftpsproxy.control.user_routing import UserRouting
+from ftpsproxy.control.usermap_file import UserMapFile
 from ftpsproxy.data.ports import PortAllocator
 from ftpsproxy.net.twisted_internals import listener_bound
 from ftpsproxy.observe.http import metrics_site
 from ftpsproxy.observe.metrics import Metrics
 from ftpsproxy.observe.routing_events import RoutingEvents
+from ftpsproxy.observe.user_routing_events import UserRoutingEvents
 from ftpsproxy.observe.xferlog import XferLog
 from ftpsproxy.ops.listeners import OptionListener
 from ftpsproxy.ops.process import ProcessService
@@ -94,6 +98,7 @@ class ProxyService(ProcessService):
             server_tls=server_tls,
             router=router,
         )
+        self.user_map = self._route_users(reactor, config, metrics)
         self._listeners: list[StreamServerEndpointService] = []
         self.draining = False  # SIGTERM: listeners closed, running transfers finishing
         for description in config.listen:
@@ -110,6 +115,23 @@ class ProxyService(ProcessService):
             site = metrics_site(metrics, self._ready_problem, self.health.down)
             self._add(reactor, "metrics", config.metrics, site)
 
+    def _route_users(self, reactor: Any, config: Config, metrics: Metrics) -> UserMapFile | None:
+        """The user map and the lookup, if configured; a broken map stops the start."""
+        context = self.context
+
+        def names() -> list[str]:
+            return [backend.name for backend in context.router.pool.backends]
+
+        events = UserRoutingEvents(metrics)
+        user_map = None
+        if config.user_map is not None:
+            user_map = UserMapFile(config.user_map, names, events)
+        lookup = None
+        if config.user_lookup is not None:
+            lookup = UserLookup(reactor, config.user_lookup, lambda: context.config, names, events)
+        context.user_routing = UserRouting(lambda: context.config, events, user_map, lookup)
+        return user_map
+
     def _load_server_tls(self) -> ServerTLS:
         config = self.config
         assert config.certificate is not None and config.private_key is not None
@@ -123,7 +145,8 @@ class ProxyService(ProcessService):
         )
 
     def reload(self) -> None:
-        """SIGHUP: reopen the xferlog, re-read the configuration, reload the certificate.
+        """SIGHUP: reopen the xferlog, re-read the configuration and the user map, reload
+        the certificate.
 
         Changes that are safe while running (limits, timeouts, TLS files) apply to new
         sessions; the others are logged and wait for a restart.  A file that no longer
@@ -134,6 +157,8 @@ class ProxyService(ProcessService):
         change = self._reload_config()
         if change is not None:
             self._apply(change)
+        if self.user_map is not None:
+            self.user_map.reload("SIGHUP")  # after the backends: it names them
         self.reload_tls()
 
     def _apply(self, change: ConfigChange) -> None:
@@ -156,6 +181,9 @@ class ProxyService(ProcessService):
             return
         self.context.router.update(config.pool, connectors)
         self.health.update(connectors)
+        lookup = self.context.user_routing.lookup
+        if lookup is not None:
+            lookup.cache.clear()  # answers may name backends that are gone
 
     def reload_tls(self) -> bool:
         """Load the certificate and key again (SIGHUP); on failure keep the old ones."""
@@ -174,6 +202,8 @@ class ProxyService(ProcessService):
         super().startService()
         reactor = self.context.reactor
         reactor.callWhenRunning(self.health.start, reactor)
+        if self.user_map is not None:
+            reactor.callWhenRunning(self.user_map.start, reactor)
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, let running commands and transfers finish, then close the rest.
@@ -183,6 +213,8 @@ class ProxyService(ProcessService):
         finish, and the last counters can still be scraped.
         """
         self.health.stop()
+        if self.user_map is not None:
+            self.user_map.stop()
         self.draining = True
         listeners, self._listeners = self._listeners, []
         stopping = [maybeDeferred(listener.disownServiceParent) for listener in listeners]

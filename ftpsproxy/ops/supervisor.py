@@ -57,7 +57,6 @@ from ftpsproxy.ops.workerspec import (
     MASTER_KEYS,
     SPEC_ENV,
     WorkerSpec,
-    split_passive_ports,
     worker_cli,
 )
 from ftpsproxy.settings.config import Config
@@ -113,7 +112,7 @@ class WorkerSupervisor(ProcessService):
         self.metrics = SupervisorMetrics()
         self.workers = [
             Worker(index, ports)
-            for index, ports in enumerate(split_passive_ports(config.passive_ports, config.workers))
+            for index, ports in enumerate(config.passive_ports.split(config.workers))
         ]
         for worker in self.workers:
             self.metrics.worker_scrape_errors.labels(worker=str(worker.index))

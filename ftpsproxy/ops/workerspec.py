@@ -19,23 +19,10 @@ from ftpsproxy.settings.config import Config, PortRange, build_config, load_toml
 #: The environment variable that carries a worker's ``WorkerSpec`` (JSON).
 SPEC_ENV = "FTPSPROXY_WORKER_SPEC"
 #: Options the master decides for each worker, whatever the file or command line say.
-MASTER_KEYS = frozenset({"workers", "passive-ports", "metrics"})
+#: (``instance`` too: the master has applied it, a worker's slice is of the instance's.)
+MASTER_KEYS = frozenset({"workers", "passive-ports", "metrics", "instance"})
 #: The first descriptor number of the inherited listening sockets in a worker.
 FIRST_LISTENER_FD = 3
-
-
-def split_passive_ports(ports: PortRange, count: int) -> list[PortRange]:
-    """*count* contiguous, disjoint slices covering *ports*, sizes differing by one at most."""
-    if not 1 <= count <= ports.size:
-        raise ValueError(f"cannot split {ports.size} passive ports between {count} workers")
-    size, extra = divmod(ports.size, count)
-    slices: list[PortRange] = []
-    low = ports.low
-    for index in range(count):
-        high = low + size - 1 + (1 if index < extra else 0)
-        slices.append(PortRange(low, high))
-        low = high + 1
-    return slices
 
 
 def worker_cli(cli: Mapping[str, Any], ports: PortRange, metrics: str | None) -> dict[str, Any]:

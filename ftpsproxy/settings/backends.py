@@ -18,7 +18,12 @@ from typing import Any
 
 from ftpsproxy.settings.errors import ConfigError, did_you_mean
 from ftpsproxy.settings.kinds import BACKEND_URL, COUNT, FLAG, PATH, TEXT, Kind, choice
-from ftpsproxy.settings.values import BackendAddress, DataProtection, TLSVersion
+from ftpsproxy.settings.values import (
+    BackendAddress,
+    DataProtection,
+    ProxyProtocolOut,
+    TLSVersion,
+)
 
 #: The name of the one backend given by ``--backend`` (logs and the ``backend`` label).
 SINGLE_BACKEND_NAME = "default"
@@ -63,6 +68,7 @@ class Backend:
     client_key: Path | None = None
     tls_max_version: TLSVersion | None = None
     data_protection: DataProtection = DataProtection.PRIVATE
+    proxy_protocol: ProxyProtocolOut = ProxyProtocolOut.OFF
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -139,7 +145,10 @@ TABLE_KEYS: dict[str, Kind[Any]] = {
     "weight": COUNT,
     "max-sessions": COUNT,
     "state": choice(AdminState),
+    "proxy-protocol": choice(ProxyProtocolOut),
 }
+#: Defaults every table inherits, plain ftp:// ones too (the rest are TLS settings).
+_FOR_EVERY_BACKEND = frozenset({"proxy_protocol"})
 
 
 def _read(where: str, key: str, value: object) -> Any:
@@ -168,8 +177,12 @@ def read_pool(tables: object, defaults: Mapping[str, Any]) -> tuple[Backend, ...
                 raise ConfigError(f"{where}{required}: required")
         values = {key: _read(where, key, value) for key, value in table.items()}
         fields: dict[str, Any] = {}
-        if values["url"].scheme != "ftp":  # only TLS backends inherit the TLS settings
-            fields.update((field, value) for field, value in defaults.items() if value is not None)
+        tls = values["url"].scheme != "ftp"  # only TLS backends inherit the TLS settings
+        fields.update(
+            (field, value)
+            for field, value in defaults.items()
+            if value is not None and (tls or field in _FOR_EVERY_BACKEND)
+        )
         fields.update((key.replace("-", "_"), value) for key, value in values.items())
         fields["address"] = fields.pop("url")
         backend = Backend(**fields)

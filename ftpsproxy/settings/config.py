@@ -79,6 +79,9 @@ def build_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) 
     elif "backend" not in fields:
         raise ConfigError("backend: required (e.g. --backend ftp://127.0.0.1:2100)")
     config = Config(**fields)
+    if config.instance is not None:  # from here on, the range is this instance's slice
+        share = config.passive_ports.split(config.instance.count)[config.instance.index]
+        config = dataclasses.replace(config, passive_ports=share)
     _check_together(config)
     return config
 
@@ -93,6 +96,7 @@ def _pool_defaults(fields: Mapping[str, Any]) -> dict[str, Any]:
         "client_key",
         "tls_max_version",
         "data_protection",
+        "proxy_protocol",
     )
     return {name: fields.get(f"backend_{name}") for name in inherited}
 
@@ -126,6 +130,7 @@ def _check_together(config: Config) -> None:
         ],
     )
     _check_proxy_protocol(config)
+    _check_user_routing(config)
     if config.workers > config.passive_ports.size:
         raise ConfigError(
             f"workers: {config.workers} workers need at least as many passive ports "
@@ -145,6 +150,24 @@ def _check_proxy_protocol(config: Config) -> None:
         )
     if config.public_address_from_proxy_header and not config.proxy_protocol:
         raise ConfigError("public-address-from-proxy-header: needs --proxy-protocol")
+
+
+def _check_user_routing(config: Config) -> None:
+    """Backend names given for users must be the pool's."""
+    names = [backend.name for backend in config.pool]
+    default = config.user_map_default
+    if default is not None:
+        if config.user_map is None and config.user_lookup is None:
+            raise ConfigError("user-map-default: only with --user-map or --user-lookup")
+        if default not in names:
+            raise ConfigError(
+                f"user-map-default: unknown backend {default!r} (the pool has {', '.join(names)})"
+            )
+    for name in config.user_selects_backend:
+        if name not in names:
+            raise ConfigError(
+                f"user-selects-backend: unknown backend {name!r} (the pool has {', '.join(names)})"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from ftpsproxy.settings.errors import ConfigError
-from ftpsproxy.settings.values import PortRange, parse_backend_url, parse_port_range
+from ftpsproxy.settings.values import (
+    PortRange,
+    parse_backend_url,
+    parse_instance,
+    parse_port_range,
+)
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -113,6 +119,20 @@ def _networks(values: Any) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _names(values: Any) -> tuple[str, ...]:
+    if not all(isinstance(value, str) and value for value in values):
+        raise ValueError("is not a list of backend names")
+    return tuple(values)
+
+
+def _http_url(value: Any) -> str:
+    """An http:// or https:// URL with a host; ``{user}`` marks where the name goes."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("is not an http:// or https:// URL")
+    return str(value)
+
+
 def _show_range(ports: PortRange) -> str:
     return f"{ports.low}-{ports.high}"
 
@@ -138,9 +158,12 @@ ENDPOINTS: Kind[tuple[str, ...]] = Kind(
 NETWORKS: Kind[tuple[str, ...]] = Kind(
     "a list of network strings", (list,), _networks, repeated=True
 )
+NAMES: Kind[tuple[str, ...]] = Kind("a list of backend names", (list,), _names, repeated=True)
+HTTP_URL: Kind[str] = Kind("an http:// or https:// URL string", (str,), _http_url)
 PATH: Kind[Path] = Kind("a path (a string)", (str,), Path)
 BACKEND_URL = Kind("a URL string", (str,), parse_backend_url)
 PORT_RANGE = Kind("a range string MIN-MAX", (str,), parse_port_range, _show_range)
+INSTANCE = Kind("a string INDEX/COUNT", (str,), parse_instance)
 IPV4: Kind[str] = Kind("an IPv4 address string", (str,), _ipv4)
 SECONDS = Kind("a number of seconds", (int, float), _seconds(0, 86400, zero=False), "{:g}".format)
 DELAY = Kind("a number of seconds", (int, float), _seconds(0, 60, zero=True), "{:g}".format)

@@ -23,7 +23,10 @@ from ftpsproxy.settings.kinds import (
     ENDPOINT,
     ENDPOINTS,
     FLAG,
+    HTTP_URL,
+    INSTANCE,
     IPV4,
+    NAMES,
     NETWORKS,
     PATH,
     PORT_RANGE,
@@ -39,8 +42,11 @@ from ftpsproxy.settings.values import (
     ClientCertificates,
     DataPath,
     DataProtection,
+    InstanceSlice,
     LogFormat,
+    LookupFailure,
     PortRange,
+    ProxyProtocolOut,
     TLSVersion,
     default_share,
 )
@@ -207,12 +213,60 @@ class Config:
         "A pool of backends instead of --backend, as [[backends]] tables in the file: "
         "name, url, weight, max-sessions, state (active or drain) and the TLS keys ca, "
         "server-name, insecure, client-certificate, client-key, tls-max-version, "
-        "data-protection (default: the backend-* options); SIGHUP applies a changed list "
-        "to new sessions",
+        "data-protection, and proxy-protocol (default: the backend-* options); SIGHUP "
+        "applies a changed list to new sessions",
         reloadable=True,
     )
     balance: Policy = option(
         choice(Policy), Policy.ROUND_ROBIN, "How a pool's backend is chosen at USER"
+    )
+    # -- routing by user: a map file, an HTTP lookup, a client's own choice
+    user_map: Path | None = option(
+        PATH,
+        None,
+        "TOML file mapping user names and glob patterns to backends, optionally rewriting "
+        "the name the backend gets; re-read on SIGHUP and when it changes (a broken file "
+        "keeps the previous map). A user it does not map gets 530 and no backend is contacted",
+    )
+    user_map_default: str | None = option(
+        TEXT,
+        None,
+        "Backend for users that neither the map nor the lookup maps (instead of 530)",
+        reloadable=True,
+    )
+    user_lookup: str | None = option(
+        HTTP_URL,
+        None,
+        "HTTP(S) URL asked for users the map does not have: {user} is replaced by the "
+        "URL-encoded name (else ?user= is appended); 200 with JSON "
+        '{"backend": NAME} or {"backends": [...]} and optionally "user": NAME routes, '
+        "404 means no backend for this user",
+    )
+    user_lookup_timeout: float = option(
+        SECONDS,
+        2.0,
+        "Seconds the user lookup may take before it counts as failed",
+        reloadable=True,
+    )
+    user_lookup_ttl: float = option(
+        SECONDS, 60.0, "Seconds a user lookup's answer is kept", reloadable=True
+    )
+    user_lookup_negative_ttl: float = option(
+        SECONDS, 10.0, "Seconds a user lookup's 404 is kept", reloadable=True
+    )
+    user_lookup_failure: LookupFailure = option(
+        choice(LookupFailure),
+        LookupFailure.CLOSED,
+        "While the user lookup fails (unreachable, timeout, an error status or a bad "
+        "answer): closed answers 421; policy balances over every backend by --balance",
+        reloadable=True,
+    )
+    user_selects_backend: tuple[str, ...] = option(
+        NAMES,
+        (),
+        "Backends a client may choose by logging in as USER@BACKEND (repeatable; the "
+        "suffix is stripped before USER goes to the backend); off when none is given",
+        reloadable=True,
     )
     backend_ca: Path | None = option(
         PATH, None, "CA bundle to verify the backend (default: system store)"
@@ -229,6 +283,14 @@ class Config:
     backend_data_protection: DataProtection = option(
         choice(DataProtection), DataProtection.PRIVATE, "PROT level towards an FTPS backend"
     )
+    backend_proxy_protocol: ProxyProtocolOut = option(
+        choice(ProxyProtocolOut),
+        ProxyProtocolOut.OFF,
+        "Start each backend control connection with a PROXY protocol header naming the "
+        "client's address (the backend must expect it: ProFTPD mod_proxy_protocol, HAProxy "
+        "accept-proxy); v2 also carries the client's TLS version, cipher, SNI name and the "
+        "session id; probes send a LOCAL (v1: UNKNOWN) header",
+    )
     backend_data_mode: BackendDataMode = option(
         choice(BackendDataMode),
         BackendDataMode.PASSIVE,
@@ -244,6 +306,13 @@ class Config:
     # -- passive data connections
     passive_ports: PortRange = option(
         PORT_RANGE, PortRange(30000, 30099), "Passive data port range MIN-MAX"
+    )
+    instance: InstanceSlice | None = option(
+        INSTANCE,
+        None,
+        "This instance's share of --passive-ports when several instances sit behind one "
+        "balancer: slice INDEX of COUNT (from 0), split as the workers split it, so each "
+        "instance owns ports no other uses",
     )
     public_address: str | None = option(
         IPV4, None, "IPv4 address announced in PASV replies", reloadable=True
@@ -364,6 +433,7 @@ class Config:
                 client_key=self.backend_client_key,
                 tls_max_version=self.backend_tls_max_version,
                 data_protection=self.backend_data_protection,
+                proxy_protocol=self.backend_proxy_protocol,
             ),
         )
 

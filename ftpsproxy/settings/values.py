@@ -21,6 +21,14 @@ class TLSVersion(StrEnum):
     V1_3 = "1.3"
 
 
+class ProxyProtocolOut(StrEnum):
+    """Whether a backend's control connections start with a PROXY protocol header, which."""
+
+    OFF = "off"
+    V1 = "v1"
+    V2 = "v2"
+
+
 class ClientCertificates(StrEnum):
     """Whether clients must present a certificate signed by ``client-ca``."""
 
@@ -48,6 +56,13 @@ class DataPath(StrEnum):
 
     SPLICE = "splice"
     COPY = "copy"
+
+
+class LookupFailure(StrEnum):
+    """What a login gets while the user lookup service fails (down, timeout, bad answer)."""
+
+    CLOSED = "closed"  # 421: no user lands on a backend the service did not choose
+    POLICY = "policy"  # the pool's policy over every backend, the user name unchanged
 
 
 class LogFormat(StrEnum):
@@ -104,6 +119,20 @@ class PortRange:
     def size(self) -> int:
         return self.high - self.low + 1
 
+    def split(self, count: int) -> list[PortRange]:
+        """*count* contiguous, disjoint slices covering the range, sizes differing by one at
+        most: the workers' shares, and the instances' (``--instance``)."""
+        if not 1 <= count <= self.size:
+            raise ConfigError(f"passive-ports: cannot split {self.size} ports {count} ways")
+        size, extra = divmod(self.size, count)
+        slices: list[PortRange] = []
+        low = self.low
+        for index in range(count):
+            high = low + size - 1 + (1 if index < extra else 0)
+            slices.append(PortRange(low, high))
+            low = high + 1
+        return slices
+
 
 def parse_port_range(text: str) -> PortRange:
     low, sep, high = text.strip().partition("-")
@@ -111,3 +140,26 @@ def parse_port_range(text: str) -> PortRange:
         return PortRange(int(low), int(high if sep else low))
     except ValueError as error:
         raise ConfigError(f"passive-ports: {text!r} is not MIN-MAX") from error
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSlice:
+    """Which of several instances behind one balancer this is: it takes slice ``index`` of
+    ``count`` of the passive range, so each instance owns ports no other one uses."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_instance(text: str) -> InstanceSlice:
+    index, sep, count = text.strip().partition("/")
+    try:
+        slice_ = InstanceSlice(int(index), int(count))
+    except ValueError:
+        raise ValueError("is not INDEX/COUNT, e.g. 0/2") from None
+    if not sep or not 0 <= slice_.index < slice_.count:
+        raise ValueError("is not INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/2")
+    return slice_

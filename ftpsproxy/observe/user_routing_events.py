@@ -1,0 +1,79 @@
+"""What routing by user reports: which map entry or lookup answer chose a session's
+backends, users with no backend, the lookup's cache and failures, map reloads.
+
+User names appear in log lines (as printable text), never in labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted.logger import Logger
+
+from ftpsproxy.observe.metrics import Metrics
+
+log = Logger(namespace="ftpsproxy.session")
+map_log = Logger(namespace="ftpsproxy.usermap")
+
+
+def printable(text: str) -> str:
+    """A user name fit for a log line: no control characters, bounded length."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:128]
+
+
+class UserRoutingEvents:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def routed(
+        self, session: int, user: str, among: Sequence[str] | None, sent_as: str, why: str
+    ) -> None:
+        backends = ", ".join(among) if among is not None else "any"
+        renamed = f", sent as {printable(sent_as)!r}" if sent_as != user else ""
+        log.info(
+            "session {session} user {user} routed by {why}: backends {backends}{renamed}",
+            session=session,
+            user=printable(user),
+            why=why,
+            backends=backends,
+            renamed=renamed,
+        )
+
+    def unrouted(self, session: int, user: str, why: str) -> None:
+        log.warn(
+            "session {session} user {user} has no backend ({why}): 530, no backend contacted",
+            session=session,
+            user=printable(user),
+            why=why,
+        )
+
+    def lookup_cached(self, hit: bool) -> None:
+        self._metrics.user_lookup_cache.labels(result="hit" if hit else "miss").inc()
+
+    def lookup_failed(self, session: int, user: str, reason: str, why: str, fallback: str) -> None:
+        self._metrics.user_lookup_errors.labels(reason=reason).inc()
+        log.warn(
+            "session {session} user {user}: user lookup failed ({why}): {fallback}",
+            session=session,
+            user=printable(user),
+            why=why,
+            fallback=fallback,
+        )
+
+    def map_loaded(self, path: str, entries: int, cause: str) -> None:
+        self._metrics.user_map_reloads.labels(result="ok").inc()
+        map_log.info(
+            "user map {path} loaded ({cause}): {entries} entries",
+            path=path,
+            cause=cause,
+            entries=entries,
+        )
+
+    def map_refused(self, error: str, cause: str) -> None:
+        """One line: the file is broken, the previous map stays in use."""
+        self._metrics.user_map_reloads.labels(result="error").inc()
+        map_log.error(
+            "user map not reloaded ({cause}), keeping the previous one: {error}",
+            cause=cause,
+            error=error,
+        )
