@@ -294,3 +294,29 @@ def test_a_reload_keeps_the_gauges_of_the_backends_that_stay() -> None:
     router.update([drained], {"b1": connectors["b1"]})
     router.update(backends, connectors)
     assert gauges("b2") == (1, 1) and pool.health("b2") is HealthState.UNKNOWN
+
+
+def test_a_backend_that_never_greets_does_not_hold_back_the_others_probes() -> None:
+    """Each backend has its own probe loop: a silent one (60 s timeout) does not delay
+    the others, which are probed every interval."""
+    reactor = MemoryReactorClock()
+    slow = BackendConnector(reactor, BackendAddress("ftp", "127.0.0.1", 2100), 60)
+    quick = BackendConnector(reactor, PLAIN, TIMEOUT)
+    connectors = {"slow": slow, "quick": quick}
+    pool = Pool([Backend("slow", slow.address), Backend("quick", PLAIN)])
+    metrics = Metrics()
+    router = BackendRouter(reactor, pool, connectors, RoutingEvents(metrics, connectors))
+    health = PoolHealth(router, connectors, metrics, interval=5)
+    health.start(reactor)
+    answered: set[int] = set()
+    for _ in range(4):  # the slow backend accepts and never says a word
+        for index, (_, port, *_) in enumerate(list(reactor.tcpClients)):
+            if port == PLAIN.port and index not in answered:
+                answered.add(index)
+                protocol, _ = _accept(reactor, index)
+                protocol.dataReceived(b"220 ok\r\n221 bye\r\n")
+        reactor.advance(5)
+    ports = [port for _, port, *_ in reactor.tcpClients]
+    assert ports.count(2100) == 1  # still waiting for its greeting
+    assert ports.count(PLAIN.port) == 5  # every 5 s, as if the slow one were not there
+    health.stop()

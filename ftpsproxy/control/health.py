@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from ftpsproxy.control.probe import ControlConnector, probe_backend
@@ -28,7 +28,12 @@ NOT_PROBED = "not probed yet"
 
 
 class PoolHealth:
-    """Probes every backend of the router's pool each *interval* seconds, one round at a time."""
+    """Probes every backend of the router's pool each *interval* seconds.
+
+    Each backend has a loop of its own, one probe at a time: a backend that accepts
+    and never greets holds back only its own next probe, not the others' (a backend
+    coming back is re-admitted on time however slow its neighbours are).
+    """
 
     def __init__(
         self,
@@ -40,36 +45,51 @@ class PoolHealth:
         self._router = router
         self._connectors = dict(connectors)
         self._metrics = metrics
-        self._loop = LoopingCall(self.probe)  # waits for each round before the next
+        self._loops: dict[str, LoopingCall] = {}
         self._interval = interval
         self._clock: Any = None
         self.reasons: dict[str, str] = {}  # the latest probe's reason, per backend down
         self.probed: set[str] = set()  # backends probed at least once
 
     def update(self, connectors: Mapping[str, ControlConnector]) -> None:
-        """A reload changed the pool: probe these from the next round on."""
+        """A reload changed the pool: probe new backends, stop probing removed ones."""
         self._connectors = dict(connectors)
         self.probed &= set(connectors)
+        if self._clock is not None:
+            self._start_loops()
 
     def start(self, clock: Any) -> None:
         self._clock = clock
-        self._loop.clock = clock
-        self._loop.start(self._interval, now=True)
+        self._start_loops()
+
+    def _start_loops(self) -> None:
+        for name in list(self._loops):
+            if name not in self._connectors:
+                self._stop_loop(name)
+        for name in self._connectors:
+            if name not in self._loops:
+                loop = self._loops[name] = LoopingCall(self.probe, name)
+                loop.clock = self._clock
+                loop.start(self._interval, now=True)
 
     def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        for name in list(self._loops):
+            self._stop_loop(name)
 
-    def probe(self) -> Deferred[None]:
-        """One round: every backend in parallel; fires when all have answered."""
-        rounds = [
-            probe_backend(connector, self._clock).addCallback(self._record, name)
-            for name, connector in self._connectors.items()
-        ]
-        done: Deferred[None] = gatherResults(rounds).addCallback(lambda _: None)
+    def _stop_loop(self, name: str) -> None:
+        loop = self._loops.pop(name)
+        if loop.running:
+            loop.stop()
+
+    def probe(self, name: str) -> Deferred[None]:
+        """Probe *name* once (its connector as configured now)."""
+        connector = self._connectors[name]
+        done: Deferred[None] = probe_backend(connector, self._clock).addCallback(self._record, name)
         return done
 
     def _record(self, outcome: ProbeOutcome, name: str) -> None:
+        if name not in self._connectors:  # removed by a reload while it was probed
+            return
         if outcome.tls_failure is not None:
             self._metrics.tls_handshake_failures.labels(
                 side="backend", channel=CHANNEL, reason=outcome.tls_failure
