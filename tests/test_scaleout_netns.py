@@ -6,11 +6,19 @@ only (they exist nowhere but inside these namespaces)::
 
     cli 203.0.113.10 ──── 203.0.113.1 lb 198.51.100.1 ─┬─ 198.51.100.10 p0
                           (HAProxy; routes, so cli can  ├─ 198.51.100.11 p1
-                           also reach p0/p1 directly)   └─ 198.51.100.20 be (pyftpdlib)
+                           also reach p0/p1 directly)   └─ 198.51.100.20 be (receiver
+                                                           + pyftpdlib)
 
 Each proxy trusts only 198.51.100.1 for PROXY headers, announces 203.0.113.1 in ``227``
 and owns half of the passive range (``--instance i/2``), which HAProxy forwards to it
 alone with ``send-proxy-v2``. Clients are threads that joined the cli namespace.
+
+The proxies send a PROXY v2 header to their backend too (``--backend-proxy-protocol v2``):
+on the backend host a second HAProxy (``bind … accept-proxy``, one log line per
+connection with the client it read) takes it and forwards the control connection to
+pyftpdlib on the same address. Data connections carry no header and go from the proxies
+straight to pyftpdlib's passive ports on 198.51.100.20, the address it announces (the
+local address of its control connection, which the receiver made to 198.51.100.20).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -47,6 +56,7 @@ from tests.support.ci import require
 from tests.support.clients import ImplicitFTP_TLS, PausedDownload, client_context
 from tests.support.netns import Netns, link, listening_ports, require_netns
 from tests.support.proxy import CLEAN_EXIT_CODES, ProxyProcess
+from tests.support.proxy_receiver import HAProxyReceiver
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -57,6 +67,8 @@ LB_INSIDE = "198.51.100.1"
 INSTANCES = ("198.51.100.10", "198.51.100.11")
 BACKEND = "198.51.100.20"
 CONTROL_PORT, IMPLICIT_PORT, METRICS_PORT = 2121, 2990, 9102
+#: The PROXY protocol receiver's port on the backend host (pyftpdlib picks its own).
+RECEIVER_PORT = 2021
 PASSIVE = PortRange(30000, 30099)
 SLICES = PASSIVE.split(len(INSTANCES))
 GENERATOR = REPO_ROOT / "deploy" / "haproxy" / "gen_haproxy_cfg.py"
@@ -90,14 +102,76 @@ class NetnsProxy(ProxyProcess):
 
 
 class NetnsBackend(PyftpdBackend):
-    """pyftpdlib listening on the backend host's documentation address."""
+    """pyftpdlib listening on the backend host's documentation address.
+
+    Its control connections come from the receiver (198.51.100.20), its data connections
+    from the proxies: it must take data connections from an address other than the
+    control connection's (``permit_foreign_addresses``), as any server behind a TCP-mode
+    PROXY protocol receiver that does not itself read the header."""
 
     def __init__(self, ns: Netns, root: Path) -> None:
         self.ns = ns
-        super().__init__(root, host=BACKEND, extra_args=["--verbose"])
+        super().__init__(root, host=BACKEND, extra_args=["--verbose", "--permit-foreign-addresses"])
 
     def command(self) -> list[str]:
         return [*self.ns.exec_prefix(), *super().command()]
+
+
+class NetnsReceiver(HAProxyReceiver):
+    """HAProxy with ``accept-proxy`` on the backend host, in front of pyftpdlib there:
+    its log has one line per connection with the client address the header named."""
+
+    def __init__(self, ns: Netns, directory: Path, backend: NetnsBackend) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(directory, backend.address, host=BACKEND)
+        self.ns = ns
+        self.port = RECEIVER_PORT
+
+    @property
+    def url(self) -> str:
+        return f"ftp://{self.host}:{self.port}"
+
+    def start(self) -> NetnsReceiver:
+        config = self.directory / "haproxy.cfg"
+        config.write_text(self.config())
+        command = [*self.ns.exec_prefix(), "haproxy", "-db", "-f", str(config)]
+        self._launch(command, cwd=self.directory, env=env_with_repo_path())
+        wait_until(
+            lambda: self._alive() and self.port in listening_ports(self.pid),
+            10,
+            "the PROXY protocol receiver listening",
+        )
+        return self
+
+    def _alive(self) -> bool:
+        assert self.is_running(), f"the receiver exited:\n{self.log_text()}"
+        return True
+
+    def connections(self) -> list[Received]:
+        """Each connection the receiver logged (at its end), in that order."""
+        found = []
+        for line in self.lines():
+            match = re.fullmatch(
+                r"conn client=(\S+):\d+ frontend=(\S+) authority=\S+ unique_id=(\S+)", line
+            )
+            assert match is not None, line
+            found.append(Received(match[1], match[2], None if match[3] == "-" else match[3]))
+        return found
+
+    def sessions(self) -> list[Received]:
+        """The connections whose header named a session (a v2 ``LOCAL`` probe's names
+        none: HAProxy logs the connection's own addresses and no unique id)."""
+        return [each for each in self.connections() if each.session is not None]
+
+
+@dataclass(frozen=True)
+class Received:
+    """One line of the receiver's log: *client* and *frontend* as the header gave them
+    (a ``LOCAL`` probe's: the connection's own), *session* the unique id TLV."""
+
+    client: str
+    frontend: str
+    session: str | None
 
 
 class HAProxy(ManagedProcess):
@@ -168,6 +242,7 @@ class Lab:
     lb: Netns
     hosts: list[Netns]
     backend: NetnsBackend
+    receiver: NetnsReceiver
     haproxy: HAProxy
     proxies: list[NetnsProxy] = field(default_factory=list)
     started: int = 0
@@ -179,7 +254,7 @@ class Lab:
             "--listen-implicit", f"tcp:{IMPLICIT_PORT}:interface={address}",
             "--certificate", str(self.pki.server_cert),
             "--private-key", str(self.pki.server_key),
-            "--backend", self.backend.url,
+            "--backend", self.receiver.url, "--backend-proxy-protocol", "v2",
             "--passive-ports", f"{PASSIVE.low}-{PASSIVE.high}",
             "--instance", f"{index}/{len(INSTANCES)}",
             "--public-address", PUBLIC,
@@ -293,6 +368,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Lab]:
         backend = NetnsBackend(hosts[-1], workdir / "files")
         processes.append(backend)
         backend.start()
+        receiver = NetnsReceiver(hosts[-1], workdir / "receiver", backend)
+        processes.append(receiver)
+        receiver.start()
         config = workdir / "haproxy.cfg"
         stats = workdir / "haproxy.sock"
         args = [
@@ -305,7 +383,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Lab]:
         ]  # fmt: skip
         config.write_text(generate_config(*args))
         haproxy = HAProxy(lb, config, stats)
-        lab = Lab(workdir, pki, cli, lb, hosts[:-1], backend, haproxy)
+        lab = Lab(workdir, pki, cli, lb, hosts[:-1], backend, receiver, haproxy)
         for index in range(len(INSTANCES)):
             lab.proxies.append(lab.start_proxy(index))
         processes.append(haproxy)
@@ -456,6 +534,8 @@ def test_the_example_config_is_generated_and_valid(tmp_path: Path) -> None:
 def test_200_sessions_spread_over_both_instances_with_the_client_address(lab: Lab) -> None:
     lab.ensure_running()
     before = [lab.sessions(i) for i in range(len(INSTANCES))]
+    ids_before = [len(session_ids(proxy)) for proxy in lab.proxies]
+    received_before = len(lab.receiver.sessions())
     started = time.monotonic()
     outcomes = run_sessions(lab, range(200), workers=10)
     took = time.monotonic() - started
@@ -487,12 +567,42 @@ def test_200_sessions_spread_over_both_instances_with_the_client_address(lab: La
         xferlog = (lab.workdir / f"p{index}.xferlog").read_text().splitlines()
         assert len(xferlog) >= 2 * served[index]
         assert all(line.split()[6] == CLIENT for line in xferlog), xferlog[:3]
-    # The backend sees the instances (the proxies connect to it), never HAProxy. The
-    # client's address can reach it only with PROXY protocol towards the backend, a
-    # per-backend option built separately; once it exists, check the client here.
-    backend_log = lab.backend.log_text()
-    assert all(address in backend_log for address in INSTANCES)
-    assert f"{LB_INSIDE}:" not in backend_log
+    # The backend side: the receiver read the client's address from the v2 header the
+    # instances sent on each session's backend control connection, and the session id
+    # of the instance's log. Without --backend-proxy-protocol it reads no client: its
+    # accept-proxy refuses a connection without a header.
+    new_ids = sorted(
+        i for p, n in zip(lab.proxies, ids_before, strict=True) for i in session_ids(p)[n:]
+    )
+    assert len(new_ids) == sum(served) == 200
+    wait_until(
+        lambda: len(lab.receiver.sessions()) - received_before >= len(new_ids),
+        10,
+        "the receiver's log lines of the 200 sessions",
+        error=lambda: AssertionError(
+            f"the receiver logged {len(lab.receiver.sessions()) - received_before} of"
+            f" {len(new_ids)} sessions:\n{lab.receiver.log_text()[-2000:]}"
+        ),
+    )
+    received = lab.receiver.sessions()[received_before:]
+    clients = Counter(each.client for each in received)
+    frontends = Counter(each.frontend for each in received)
+    probes = Counter(each.client for each in lab.receiver.connections() if each.session is None)
+    print(f"receiver: {len(received)} sessions, clients {dict(clients)}, to {dict(frontends)}")
+    print(f"receiver: LOCAL probes so far (no client behind them), from {dict(probes)}")
+    assert sorted(str(each.session) for each in received) == new_ids
+    assert clients == {CLIENT: 200}, received[:5]
+    # Where the client connected (HAProxy's public side), not an instance's address.
+    assert frontends == {f"{PUBLIC}:{CONTROL_PORT}": 100, f"{PUBLIC}:{IMPLICIT_PORT}": 100}
+    # Only the health probes' LOCAL headers leave the instances' own addresses there.
+    assert set(probes) <= set(INSTANCES), probes
+    # pyftpdlib itself gets its control connections from the receiver, never HAProxy's.
+    assert f"{LB_INSIDE}:" not in lab.backend.log_text()
+
+
+def session_ids(proxy: NetnsProxy) -> list[str]:
+    """The ids of the sessions in *proxy*'s log, in the order they started."""
+    return re.findall(r"session (\S+) start client=", proxy.log_text())
 
 
 def test_a_forged_header_sent_directly_to_an_instance_is_refused(lab: Lab) -> None:

@@ -162,7 +162,7 @@ class HeaderRecorder(FakeBackend):
 
 
 class HAProxyReceiver(ManagedProcess):
-    """``haproxy -db`` with ``bind … accept-proxy`` in front of *backend* (host, port)."""
+    """``haproxy -db`` with ``bind HOST:PORT accept-proxy`` in front of *backend* (host, port)."""
 
     name = "haproxy"
     stop_grace = 5.0
@@ -171,10 +171,11 @@ class HAProxyReceiver(ManagedProcess):
         "unique_id=%[fc_pp_unique_id]"
     )
 
-    def __init__(self, directory: Path, backend: tuple[str, int]) -> None:
+    def __init__(self, directory: Path, backend: tuple[str, int], host: str = "127.0.0.1") -> None:
         super().__init__(directory / "haproxy.log")
         self.directory = directory
         self.backend = backend
+        self.host = host
         self.port = 0
 
     def config(self) -> str:
@@ -189,7 +190,7 @@ class HAProxyReceiver(ManagedProcess):
             "    timeout client 60s\n"
             "    timeout server 60s\n"
             "frontend ftp\n"
-            f"    bind 127.0.0.1:{self.port} accept-proxy\n"
+            f"    bind {self.host}:{self.port} accept-proxy\n"
             f'    log-format "{self.LOG_FORMAT}"\n'
             "    default_backend ftp\n"
             "backend ftp\n"
