@@ -636,7 +636,8 @@ def part_idle(
             mp, count=count, user=setup.env.user, password=setup.env.password,
             cafile=setup.env.cacert, parallel=10, tolerate_failures=True,
         )  # fmt: skip
-        say(f"idle: mod_proxy {idle.pss_mib:.1f} MiB PSS with {idle.sessions} sessions")
+        failed = f" ({idle.failed} of {count} failed to open)" if idle.failed else ""
+        say(f"idle: mod_proxy {idle.pss_mib:.1f} MiB PSS with {idle.sessions} sessions{failed}")
         results.append(asdict(idle))
     return results
 

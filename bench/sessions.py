@@ -367,7 +367,9 @@ async def _idle(
     try:
         results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
-        if failures and (not tolerate_failures or len(failures) > count // 10):
+        # The reference (mod_proxy, a process per session) drops some sessions when the
+        # machine is busy: reported in ``failed``, measured on the rest; ours may not.
+        if failures and (not tolerate_failures or len(failures) == count):
             raise BenchError(
                 f"{target.label}: {len(failures)} of {count} idle sessions failed: {failures[0]!r}"
             )
