@@ -23,6 +23,7 @@ from ftpsproxy.control.user_routing import UNMAPPED_TEXT, Decision, NoRoute
 from ftpsproxy.ftp.lines import Command
 from ftpsproxy.ftp.replies import Reply, make_reply
 from ftpsproxy.net.timers import cancel_call
+from ftpsproxy.observe.logs import printable
 
 
 class LoginHost(SessionCore, Protocol):
@@ -38,11 +39,6 @@ class LoginHost(SessionCore, Protocol):
         """Mark a command as in flight without a backend request (commands wait)."""
 
     def attach_backend(self, backend: BackendControl, route: Route) -> None: ...
-
-
-def printable(text: str) -> str:
-    """A user name fit for a log line: no control characters, bounded length."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)[:128]
 
 
 class Login:

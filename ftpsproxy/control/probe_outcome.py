@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftpsproxy.control.backend import BackendSetupError, BackendTLSError
+from ftpsproxy.observe.logs import printable
 
 _REASON_LIMIT = 300  # characters: a backend's greeting text is not ours to echo at length
 _TLS_PREFIX = "TLS handshake failed"
@@ -36,12 +37,12 @@ def probe_failed(error: BaseException) -> ProbeOutcome:
         why = str(error)
         if not why.startswith(_TLS_PREFIX):
             why = f"{_TLS_PREFIX}: {why}"
-        return ProbeOutcome(up=False, reason=_printable(why), tls_failure=error.kind, result="tls")
+        return ProbeOutcome(up=False, reason=_reason(why), tls_failure=error.kind, result="tls")
     if isinstance(error, BackendSetupError):
-        return ProbeOutcome(up=False, reason=_printable(str(error)), result=error.kind)
-    return ProbeOutcome(up=False, reason=_printable(f"unreachable: {error}"), result="unreachable")
+        return ProbeOutcome(up=False, reason=_reason(str(error)), result=error.kind)
+    return ProbeOutcome(up=False, reason=_reason(f"unreachable: {error}"), result="unreachable")
 
 
-def _printable(text: str) -> str:
+def _reason(text: str) -> str:
     """No control characters (a log line and an HTTP body), bounded length."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)[:_REASON_LIMIT]
+    return printable(text, _REASON_LIMIT)

@@ -16,6 +16,13 @@ from typing import Any, TextIO
 from twisted.logger import FileLogObserver, ILogObserver, eventAsJSON, formatEvent
 from zope.interface import implementer
 
+
+def printable(text: str, limit: int = 128) -> str:
+    """Text from a peer (a user name, a backend's words) fit for a log line or an HTTP body:
+    no control characters, bounded length."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:limit]
+
+
 # Event fields copied to the JSON object when present, under these names.
 _FIELDS = ("session", "client", "user", "backend", "mode", "why", "error", "peer")
 

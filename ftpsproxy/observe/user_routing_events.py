@@ -10,15 +10,11 @@ from collections.abc import Sequence
 
 from twisted.logger import Logger
 
+from ftpsproxy.observe.logs import printable
 from ftpsproxy.observe.metrics import Metrics
 
 log = Logger(namespace="ftpsproxy.session")
 map_log = Logger(namespace="ftpsproxy.usermap")
-
-
-def printable(text: str) -> str:
-    """A user name fit for a log line: no control characters, bounded length."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)[:128]
 
 
 class UserRoutingEvents:
