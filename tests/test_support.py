@@ -57,6 +57,13 @@ def _url(backend: PyftpdBackend, name: str) -> str:
 # -- ports and PKI -------------------------------------------------------------------
 
 
+def test_free_port_ranges_are_never_handed_out_twice_in_one_process() -> None:
+    """A backend binds its passive ports lazily: a range that looks free may be taken."""
+    ranges = [free_port_range(50) for _ in range(40)]
+    ports = [port for first, last in ranges for port in range(first, last + 1)]
+    assert len(ports) == len(set(ports)) == 2000
+
+
 def test_free_port_range_is_contiguous_and_bindable() -> None:
     first, last = free_port_range(8)
     assert last - first == 7

@@ -1,7 +1,9 @@
 """Free loopback ports for test servers.
 
 There is an unavoidable race between finding a port and the server binding it; the
-random bases keep collisions between concurrent test processes unlikely.
+random bases keep collisions between concurrent test processes unlikely. Within one
+process a passive range is handed out once only: servers bind their passive ports
+lazily, so a range that looks free may already belong to a running backend.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def _ephemeral_low(default: int = 32768) -> int:
 _LOW = 10000
 _HIGH = max(_LOW + 5000, _ephemeral_low())
 _MAX_TRIES = 200
+# Every range handed out in this process: never handed out again, free or not.
+_handed_out: set[int] = set()
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -60,7 +64,9 @@ def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
     rng = random.Random()
     for _ in range(_MAX_TRIES):
         base = rng.randrange(_LOW, _HIGH - count + 1)
-        if all(_can_bind(port, host) for port in range(base, base + count)):
+        ports = range(base, base + count)
+        if _handed_out.isdisjoint(ports) and all(_can_bind(port, host) for port in ports):
+            _handed_out.update(ports)
             return base, base + count - 1
     raise RuntimeError(f"no {count} contiguous free ports on {host} after {_MAX_TRIES} tries")
 
