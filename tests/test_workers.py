@@ -11,6 +11,7 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -208,6 +209,19 @@ def test_a_worker_reads_the_same_file_with_the_masters_choices(tmp_path: Path) -
     )
 
 
+def test_each_worker_numbers_its_sessions_with_its_own_stride() -> None:
+    """Session ids name a session in the master's log and the PROXY v2 unique id."""
+    specs = [
+        WorkerSpec.from_json(WorkerSpec(index, None, {}, (), count=3).to_json())
+        for index in range(3)
+    ]
+    ids = [list(itertools.islice(spec.session_ids(), 100)) for spec in specs]
+    assert [first[:3] for first in ids] == [[1, 4, 7], [2, 5, 8], [3, 6, 9]]
+    assert sorted(itertools.chain(*ids)) == list(range(1, 301))
+    alone = WorkerSpec(0, None, {}, ())
+    assert list(itertools.islice(alone.session_ids(), 3)) == [1, 2, 3]
+
+
 def test_json_logs_keep_the_worker_of_an_event() -> None:
     out = io.StringIO()
     observer = WorkerJSONLineObserver(out)
@@ -330,8 +344,11 @@ def test_sessions_spread_over_both_workers_each_on_its_own_passive_slice(
     assert _get(f"http://127.0.0.1:{proxied.metrics_port}/healthz") == (200, "ok\n")
     # The workers' log events reach the master's log, marked with their worker.
     log = proxy.log_text()
-    assert re.search(r"ftpsproxy\.[a-z_.]+#info worker=0\] session \d+ start", log)
-    assert re.search(r"ftpsproxy\.[a-z_.]+#info worker=1\] session \d+ start", log)
+    starts = re.findall(r"ftpsproxy\.[a-z_.]+#info worker=(\d)\] session (\d+) start", log)
+    assert {worker for worker, _ in starts} == {"0", "1"}
+    # Each worker numbers its own sessions (odd, even): no id in the log names two sessions.
+    assert all(int(session) % 2 == 1 - int(worker) for worker, session in starts), starts
+    assert len({session for _, session in starts}) == len(starts) == 40
 
 
 def test_sighup_reaches_every_worker_and_a_killed_worker_is_replaced(

@@ -3,7 +3,9 @@ the backend router and routing by user, the login guard, the reporter, and who i
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,6 +50,9 @@ class ProxyContext:
     open_sessions: set[OpenSession] = field(default_factory=set)
     sessions_per_ip: Counter[str] = field(default_factory=Counter)
     xferlog: XferLog | None = None
+    # Session ids, as in the logs and the PROXY v2 unique id; a worker's are its own
+    # stride of the numbers (ftpsproxy.ops.workerspec), so no two workers share one.
+    session_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     login_guard: LoginGuard = field(init=False)
     events: SessionEvents = field(init=False)
     # Which backends a user may go to; the service gives it its map and lookup, if any.

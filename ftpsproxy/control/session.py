@@ -16,8 +16,6 @@ command queue, the timers, and both control links.  What it reports goes to one
 
 from __future__ import annotations
 
-import itertools
-
 from twisted.internet.interfaces import IDelayedCall
 
 from ftpsproxy.control.backend import BackendLink, BackendLoss, ReplyHandler
@@ -39,8 +37,6 @@ from ftpsproxy.net.timers import cancel_call
 from ftpsproxy.observe.session_events import SessionFacts
 from ftpsproxy.tls.server import ServerTLS
 
-_session_ids = itertools.count(1)
-
 # The 421 that ends a session when the backend connection ends: the class, no detail.
 LOSS_TEXTS = {
     BackendLoss.CLOSED: "Service not available: the backend closed the connection.",
@@ -52,7 +48,7 @@ LOSS_TEXTS = {
 
 class Session:
     def __init__(self, context: ProxyContext, client: ClientLink, *, listener: str, mode: str):
-        self.id = next(_session_ids)
+        self.id = next(context.session_ids)
         self.context = context
         self.config = context.config
         self.client = client

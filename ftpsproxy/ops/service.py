@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -72,6 +72,7 @@ class ProxyService(ProcessService):
         reactor: Any,
         reread_config: Callable[[], Config] | None = None,
         endpoints: Mapping[tuple[str, str], Any] | None = None,
+        session_ids: Iterator[int] | None = None,
     ) -> None:
         super().__init__(config, reactor, reread_config)
         # (option, description) -> an endpoint to use instead of parsing the description:
@@ -98,6 +99,8 @@ class ProxyService(ProcessService):
             server_tls=server_tls,
             router=router,
         )
+        if session_ids is not None:  # a worker's own stride (ftpsproxy.ops.workerspec)
+            self.context.session_ids = session_ids
         self.user_map = self._route_users(reactor, config, metrics)
         self._listeners: list[StreamServerEndpointService] = []
         self.draining = False  # SIGTERM: listeners closed, running transfers finishing

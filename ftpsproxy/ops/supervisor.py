@@ -148,6 +148,7 @@ class WorkerSupervisor(ProcessService):
                 for number, (option, description, _) in enumerate(self._endpoints)
             ),
             runtime_dir=str(self._runtime_dir) if self._runtime_dir else None,
+            count=len(self.workers),
         )
 
     def _check_worker_config(self) -> None:

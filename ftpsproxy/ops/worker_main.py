@@ -108,7 +108,13 @@ def main() -> int:
             (option, description): AdoptedEndpoint(reactor, fd)
             for option, description, fd in spec.listeners
         }
-        service = ProxyService(config, reactor, reread_config=spec.read_config, endpoints=endpoints)
+        service = ProxyService(
+            config,
+            reactor,
+            reread_config=spec.read_config,
+            endpoints=endpoints,
+            session_ids=spec.session_ids(),
+        )
         service.ignore_sigint()  # Ctrl-C in a terminal reaches the master too, which stops us
         service.privilegedStartService()
         service.startService()

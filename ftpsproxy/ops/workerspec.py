@@ -8,8 +8,9 @@ metrics socket the master scrapes.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,15 @@ class WorkerSpec:
     cli: dict[str, Any]
     listeners: tuple[tuple[str, str, int], ...]  # (option, endpoint description, fd)
     runtime_dir: str | None = None  # the master's private directory (metrics sockets)
+    count: int = 1  # how many workers the master runs
+
+    def session_ids(self) -> Iterator[int]:
+        """This worker's session ids: index+1, index+1+count, …, so none is another's.
+
+        The logs and the PROXY v2 unique id name a session by its id alone.  A worker
+        restarted after a crash numbers from the start again (after its restart line).
+        """
+        return itertools.count(self.index + 1, self.count)
 
     def read_config(self) -> Config:
         file_values = load_toml(Path(self.config_file)) if self.config_file else {}
@@ -63,6 +73,7 @@ class WorkerSpec:
                 "cli": self.cli,
                 "listeners": [list(listener) for listener in self.listeners],
                 "runtime_dir": self.runtime_dir,
+                "count": self.count,
             }
         )
 
@@ -78,4 +89,5 @@ class WorkerSpec:
                 for option, description, fd in data["listeners"]
             ),
             runtime_dir=data.get("runtime_dir"),
+            count=int(data.get("count", 1)),
         )
