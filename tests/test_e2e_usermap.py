@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -346,6 +347,27 @@ def test_the_lookup_routes_rewrites_and_caches_answers_and_404s(
     proxy.process.wait_log(
         r"user al ice@acme routed by user lookup: acme, user 'alice': backends acme"
     )
+
+
+def test_a_burst_of_one_users_logins_asks_the_lookup_once(
+    make_proxy: MakeProxy,
+    tmp_path: Path,
+    backends: dict[str, PyftpdBackend],
+    lookup_service: LookupService,
+) -> None:
+    lookup_service.delay = 3.0  # every login reaches USER while the first question is out
+    proxy = start(
+        make_proxy, tmp_path, backends,
+        "--user-lookup", lookup_service.url, "--user-lookup-timeout", "10",
+    )  # fmt: skip
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        sessions = list(pool.map(lambda _: proxy.login("bob"), range(6)))
+    for ftp in sessions:  # one at a time: the proxy's passive range here has 6 ports
+        assert "marker-gamma" in ftp.nlst()
+        ftp.quit()
+    assert lookup_service.asked == ["bob"]
+    assert proxy.metric("ftpsproxy_user_lookup_cache_total", result="miss") == 1
+    assert proxy.metric("ftpsproxy_user_lookup_cache_total", result="joined") == 5
 
 
 def test_a_lookup_that_times_out_fails_closed_or_falls_back_to_the_policy(

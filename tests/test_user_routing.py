@@ -106,3 +106,28 @@ def test_commands_wait_for_the_lookup_and_a_timeout_answers_421() -> None:
     assert harness.backend.pending == []
     samples = harness.metrics.user_lookup_errors.labels(reason="timeout")._value.get()
     assert samples == 1
+
+
+def test_logins_of_one_user_wait_for_the_question_already_out_and_share_its_failure() -> None:
+    harness = Harness(user_lookup_timeout=2.0)
+    agent = SilentAgent()
+    lookup = UserLookup(
+        harness.reactor,
+        "http://lookup.test/{user}",
+        lambda: harness.context.config,
+        lambda: ["default"],
+        UserRoutingEvents(harness.metrics),
+        agent,  # type: ignore[arg-type]
+    )
+    asking = [lookup.find("bob"), lookup.find("bob"), lookup.find("carol"), lookup.find("bob")]
+    assert agent.asked == [b"http://lookup.test/bob", b"http://lookup.test/carol"]
+    reasons: list[str] = []
+    for deferred in asking:
+        deferred.addErrback(lambda failure: reasons.append(failure.value.reason))
+    harness.reactor.advance(2.1)
+    assert reasons == ["timeout"] * 4
+    lookup.find("bob")  # a failure is neither kept nor still out: the next login asks
+    assert agent.asked[2:] == [b"http://lookup.test/bob"]
+    cache = harness.metrics.user_lookup_cache
+    counts = {r: cache.labels(result=r)._value.get() for r in ("hit", "miss", "joined")}
+    assert counts == {"hit": 0, "miss": 3, "joined": 2}

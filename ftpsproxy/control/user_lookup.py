@@ -3,7 +3,9 @@
 Twisted's own HTTP client (``Agent``): no new dependency for one ``GET``.  What the
 URL and the answer mean is ``ftpsproxy.pool.lookup_reply``; answers (and ``404``)
 are kept in a bounded cache, failures never, so a service that comes back is asked
-again at once.
+again at once.  Logins of one user while its question is out wait for that answer
+instead of asking again: a burst of one user's sessions (a client opening several at
+once, a script in a loop) asks the service once.
 """
 
 from __future__ import annotations
@@ -52,14 +54,36 @@ class UserLookup:
         self._events = events
         self._agent = agent or Agent(reactor, pool=quiet_http_pool(reactor))
         self.cache = LookupCache()
+        # The users whose question is out, each with the logins waiting for its answer.
+        self._waiting: dict[str, list[Deferred[Answer]]] = {}
 
     def find(self, user: str) -> Deferred[Answer]:
         """The answer for *user*, from the cache or the service; fails with LookupFailed."""
         now = self._reactor.seconds()
         kept = self.cache.get(user, now)
-        self._events.lookup_cached(kept is not None)
         if kept is not None:
+            self._events.lookup_cached("hit")
             return defer.succeed(kept)
+        waiting = self._waiting.get(user)
+        if waiting is not None:
+            self._events.lookup_cached("joined")
+            joined: Deferred[Answer] = Deferred()
+            waiting.append(joined)
+            return joined
+        self._events.lookup_cached("miss")
+        self._waiting[user] = []
+        return self._ask(user).addBoth(self._tell_waiting, user)
+
+    def _tell_waiting(self, result: Answer | Failure, user: str) -> Answer | Failure:
+        """Give *result* to the logins that joined *user*'s question, then to the first."""
+        for joined in self._waiting.pop(user):
+            if isinstance(result, Failure):
+                joined.errback(result)
+            else:
+                joined.callback(result)
+        return result
+
+    def _ask(self, user: str) -> Deferred[Answer]:
         config = self._config()
         asking = self._agent.request(b"GET", lookup_url(self.url, user).encode(), _HEADERS)
         asking.addCallback(self._read)

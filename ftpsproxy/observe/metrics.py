@@ -203,7 +203,8 @@ class Metrics:
         self.user_lookup_cache = Counter(
             "ftpsproxy_user_lookup_cache",
             "User lookups by cache result: hit (answered from the cache, found or 404), "
-            "miss (the lookup service was asked).",
+            "miss (the lookup service was asked), joined (waited for the same user's "
+            "question already asked).",
             ["result"],
             registry=r,
         )
@@ -245,7 +246,7 @@ class Metrics:
         for channel in ("control", "data"):
             for reason in ("untrusted", "timeout", "invalid"):
                 self.proxy_header_refusals.labels(channel=channel, reason=reason)
-        for result in ("hit", "miss"):
+        for result in ("hit", "miss", "joined"):
             self.user_lookup_cache.labels(result=result)
         for reason in LOOKUP_ERRORS:
             self.user_lookup_errors.labels(reason=reason)

@@ -43,8 +43,9 @@ class UserRoutingEvents:
             why=why,
         )
 
-    def lookup_cached(self, hit: bool) -> None:
-        self._metrics.user_lookup_cache.labels(result="hit" if hit else "miss").inc()
+    def lookup_cached(self, result: str) -> None:
+        """``hit``, ``miss`` or ``joined`` (see ``ftpsproxy.control.user_lookup``)."""
+        self._metrics.user_lookup_cache.labels(result=result).inc()
 
     def lookup_failed(self, session: int, user: str, reason: str, why: str, fallback: str) -> None:
         self._metrics.user_lookup_errors.labels(reason=reason).inc()
