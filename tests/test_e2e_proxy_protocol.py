@@ -10,6 +10,7 @@ from __future__ import annotations
 import ftplib
 import io
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tests.support.balancer import (
 )
 from tests.support.certs import Pki
 from tests.support.clients import ReplyReader, client_context
+from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 from tests.test_e2e_core import Proxied, start_proxy
 
@@ -236,3 +238,64 @@ def test_passive_data_connections_with_a_header_are_checked_against_the_real_cli
     assert samples[FOREIGN] == 1
     assert samples[REFUSED.format(channel="data", reason="untrusted")] == 0
     ftp.quit()
+
+
+def test_one_listener_behind_the_balancer_and_one_for_clients_straight_in(
+    make_proxy: MakeProxy, backend: PyftpdBackend, pki: Pki
+) -> None:
+    """``haproxy:`` on one --listen: that listener alone expects the header, and with
+    --proxy-protocol-data only its sessions' data connections do."""
+    balanced_port = free_port()
+    proxied = start_proxy(
+        make_proxy, backend, pki,
+        "--listen", f"haproxy:tcp:{balanced_port}:interface=127.0.0.1",
+        "--proxy-protocol-from", f"{BALANCER}/32", "--proxy-protocol-data",
+        "--tls-handshake-timeout", "1", "--passive-timeout", "2",
+    )  # fmt: skip
+    wait_until(lambda: _accepts(balanced_port), 10, "the haproxy: listener")  # refused, bound
+
+    client, public = "127.0.0.21", "198.51.100.21"
+    balanced = BalancedFTP(
+        connect(balanced_port, v2_header(client, public)),
+        data_source=BALANCER,
+        data_header=v1_header(client, public),
+    )
+    login(balanced, backend)
+    balanced.storbinary("STOR balanced.bin", io.BytesIO(PAYLOAD))
+    assert backend.path("balanced.bin").read_bytes() == PAYLOAD  # the header read, not stored
+    balanced.quit()
+
+    # Straight in on the plain listener: no header is read, on control or data connections.
+    straight = ftplib.FTP(timeout=10)
+    straight.connect("127.0.0.1", proxied.port)
+    login(straight, backend)
+    straight.storbinary("STOR straight.bin", io.BytesIO(PAYLOAD))
+    assert backend.path("straight.bin").read_bytes() == PAYLOAD
+    straight.quit()
+    with connect(proxied.port, v1_header("127.0.0.22")) as forged:
+        reader = ReplyReader(forged)
+        assert reader.reply().startswith("220")
+        assert reader.reply().startswith("5")  # "PROXY TCP4 …" is an unknown command here
+
+    # The haproxy: listener takes nothing but a header, and only from the balancer.
+    untrusted = REFUSED.format(channel="control", reason="untrusted")
+    before = proxied.metrics()[untrusted]  # the wait for the listener made some
+    with connect(balanced_port, b"USER anonymous\r\n", source="127.0.0.1") as direct:
+        assert closed_without_reply(direct)
+    log = proxied.proxy.log_text()  # type: ignore[attr-defined]
+    assert re.search(rf"session \d+ start client={client} mode=explicit", log), log
+    assert re.search(r"session \d+ start client=127\.0\.0\.1 mode=explicit", log), log
+    assert "client=127.0.0.22" not in log
+    samples = proxied.metrics()
+    assert samples[untrusted] == before + 1
+    assert samples[REFUSED.format(channel="data", reason="untrusted")] == 0
+    listeners = {key for key in samples if key.startswith("ftpsproxy_sessions_total{")}
+    assert any(f"listener=haproxy:tcp:{balanced_port}:" in key for key in listeners), listeners
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True

@@ -24,6 +24,7 @@ LINUX_DEFAULT = "32768\t60999\n"  # /proc/sys/net/ipv4/ip_local_port_range
     [
         ("tcp:2121", 2121),
         ("tcp:2121:interface=127.0.0.1", 2121),
+        ("haproxy:tcp:2121:interface=127.0.0.1", 2121),  # a listener behind a balancer
         ("tcp:port=990:interface=127.0.0.1", 990),
         ("tcp6:2121:interface=\\:\\:1", 2121),
         ("ssl:990:privateKey=key.pem", 990),

@@ -24,6 +24,7 @@ from ftpsproxy.net.proxy_protocol import MAX_HEADER_BYTES, ProxyHeaderFactory, p
 from ftpsproxy.observe.proxy_headers import LogThrottle
 from ftpsproxy.settings.config import build_config
 from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.listeners import Listener
 from tests.support.balancer import v1_header, v2_header, v2_local
 
 BASE = {"backend": "ftp://127.0.0.1:2100", "listen": ["tcp:2121"]}
@@ -135,6 +136,30 @@ def test_the_options_need_each_other() -> None:
         build_config(BASE, {"public-address-from-proxy-header": True})
     with pytest.raises(ConfigError, match=r"^proxy-protocol-from: .*'10.0.0.300/8'"):
         build_config(BASE, {"proxy-protocol": True, "proxy-protocol-from": ["10.0.0.300/8"]})
+
+
+def test_a_haproxy_prefix_makes_one_listener_expect_the_header() -> None:
+    assert Listener.of("haproxy:tcp:21") == Listener("haproxy:tcp:21", "tcp:21", True)
+    assert Listener.of("tcp:21") == Listener("tcp:21", "tcp:21", False)
+    assert Listener.of("tcp:21", all_proxied=True).proxied
+    both = {"listen": ["tcp:2121", "haproxy:tcp:2122"], "backend": BASE["backend"]}
+    with pytest.raises(ConfigError, match=r"^listen haproxy:tcp:2122: needs --proxy-protocol-from"):
+        build_config(both, {})
+    config = build_config(
+        both,
+        {
+            "proxy-protocol-from": ["10.0.0.0/24"],
+            "proxy-protocol-data": True,
+            "public-address-from-proxy-header": True,
+        },
+    )
+    assert not config.proxy_protocol and config.proxy_protocol_data
+    # The data header follows the control one: on its own it would never be asked for.
+    with pytest.raises(ConfigError, match=r"^proxy-protocol-data: needs --proxy-protocol or"):
+        build_config(BASE, {"proxy-protocol-data": True, "proxy-protocol-from": ["10.0.0.0/8"]})
+    implicit_only = {**BASE, "listen-implicit": ["haproxy:tcp:990"]}
+    with pytest.raises(ConfigError, match=r"^listen-implicit haproxy:tcp:990: needs"):
+        build_config(implicit_only, {"certificate": "c.pem", "private-key": "k.pem"})
 
 
 def test_227_names_the_header_destination_only_when_asked_and_ipv4() -> None:

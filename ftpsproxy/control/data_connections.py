@@ -112,7 +112,7 @@ class DataConnections:
             self._client.peer_host,
             lambda: channel.client,
             self._session.server_tls if self._session.protect_data else None,
-            headers=self._context.data_headers if self._config.proxy_protocol_data else None,
+            headers=self._context.data_headers if self._data_headers_expected() else None,
         )
         if not listener.start(self._client.local_host):
             channel.abort()
@@ -141,6 +141,12 @@ class DataConnections:
         self._prepare_backend(
             channel, lambda: self._session.reply(200, f"{verb} command successful.")
         )
+
+    def _data_headers_expected(self) -> bool:
+        """With ``--proxy-protocol-data``, the sessions that came through a balancer (a
+        PROXY header on their control connection) get their data connections through it
+        too; a client straight on an unproxied listener connects straight."""
+        return self._config.proxy_protocol_data and self._client.proxied_destination is not None
 
     def _new_channel(self) -> DataChannel:
         """A data channel for the next transfer, replacing any prepared one."""

@@ -36,6 +36,7 @@ from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.proxy_header_out import ClientFacts, ClientTLS
 from ftpsproxy.net.proxy_protocol import ProxyHeaderFactory, proxied_header
 from ftpsproxy.net.sockets import tune
+from ftpsproxy.settings.listeners import Listener
 from ftpsproxy.tls.handshake import HandshakeWatch
 from ftpsproxy.tls.server import certificate_names
 
@@ -253,19 +254,23 @@ class FrontendFactory(Factory):
         return FrontendProtocol(self._context, self._listener, self._mode)
 
 
-def frontend_factory(context: ProxyContext, listener: str, *, implicit: bool) -> IProtocolFactory:
+def frontend_factory(
+    context: ProxyContext, listener: Listener, *, implicit: bool
+) -> IProtocolFactory:
     """The factory for one listener; implicit listeners get TLS from the first byte.
 
-    With ``--proxy-protocol`` the PROXY header comes before anything else, TLS included.
+    On a proxied listener (``--proxy-protocol``, or its ``haproxy:`` prefix) the PROXY
+    header comes before anything else, TLS included.
     """
     factory: IProtocolFactory
+    name = listener.description
     if implicit:
         assert context.server_tls is not None
-        inner = FrontendFactory(context, listener, "implicit")
+        inner = FrontendFactory(context, name, "implicit")
         factory = TLSMemoryBIOFactory(context.server_tls, False, inner)
     else:
         mode = "explicit" if context.server_tls is not None else "plain"
-        factory = FrontendFactory(context, listener, mode)
-    if context.config.proxy_protocol:
+        factory = FrontendFactory(context, name, mode)
+    if listener.proxied:
         factory = ProxyHeaderFactory(factory, context.control_headers, context.reactor)
     return factory

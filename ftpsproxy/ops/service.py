@@ -30,6 +30,7 @@ from ftpsproxy.ops.process import ProcessService
 from ftpsproxy.pool import Pool, Thresholds
 from ftpsproxy.settings.config import Config, ConfigChange
 from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.listeners import Listener
 from ftpsproxy.tls.server import ReloadableServerTLS, ServerTLS, load_server_tls
 
 log = Logger()
@@ -116,7 +117,8 @@ class ProxyService(ProcessService):
         self.health = PoolHealth(router, connectors, metrics, config.health_interval)
         if config.metrics:
             site = metrics_site(metrics, self._ready_problem, self.health.down)
-            self._add(reactor, "metrics", config.metrics, site)
+            endpoint = self._endpoint(reactor, "metrics", config.metrics, config.metrics)
+            self._add("metrics", config.metrics, endpoint, site)
 
     def _route_users(self, reactor: Any, config: Config, metrics: Metrics) -> UserMapFile | None:
         """The user map and the lookup, if configured; a broken map stops the start."""
@@ -253,20 +255,22 @@ class ProxyService(ProcessService):
         check()
         return drained
 
-    def _endpoint(self, reactor: Any, option: str, description: str) -> Any:
+    def _endpoint(self, reactor: Any, option: str, description: str, parsed: str) -> Any:
+        """The endpoint of *description* (the master's socket, in a worker), *parsed* read."""
         if (option, description) in self._endpoints:
             return self._endpoints[option, description]
-        return parse_endpoint(reactor, option, description)
+        return parse_endpoint(reactor, option, parsed)
 
     def _add_listener(self, reactor: Any, description: str, *, implicit: bool) -> None:
         option = "listen-implicit" if implicit else "listen"
-        factory = frontend_factory(self.context, description, implicit=implicit)
-        self._listeners.append(self._add(reactor, option, description, factory))
+        listener = Listener.of(description, all_proxied=self.config.proxy_protocol)
+        factory = frontend_factory(self.context, listener, implicit=implicit)
+        endpoint = self._endpoint(reactor, option, description, listener.endpoint)
+        self._listeners.append(self._add(option, description, endpoint, factory))
 
     def _add(
-        self, reactor: Any, option: str, description: str, factory: Any
+        self, option: str, description: str, endpoint: Any, factory: Any
     ) -> StreamServerEndpointService:
-        endpoint = self._endpoint(reactor, option, description)
         # A port that cannot be bound stops the process instead of running half-configured.
         service = OptionListener(option, description, endpoint, factory)
         service.setServiceParent(self)

@@ -60,6 +60,7 @@ from ftpsproxy.ops.workerspec import (
     worker_cli,
 )
 from ftpsproxy.settings.config import Config
+from ftpsproxy.settings.listeners import Listener
 
 log = Logger()
 
@@ -117,7 +118,7 @@ class WorkerSupervisor(ProcessService):
         for worker in self.workers:
             self.metrics.worker_scrape_errors.labels(worker=str(worker.index))
         self._endpoints = [
-            (option, description, self._parse(option, description))
+            (option, description, self._parse(option, Listener.of(description).endpoint))
             for option, descriptions in (
                 ("listen", config.listen),
                 ("listen-implicit", config.listen_implicit),

@@ -17,6 +17,7 @@ from typing import Any
 
 from ftpsproxy.settings.backends import read_pool
 from ftpsproxy.settings.errors import ConfigError, did_you_mean
+from ftpsproxy.settings.listeners import Listener
 from ftpsproxy.settings.options import FILE_OPTIONS, RELOADABLE, Config
 from ftpsproxy.settings.port_overlaps import check_passive_overlaps
 from ftpsproxy.settings.values import (
@@ -140,16 +141,39 @@ def _check_together(config: Config) -> None:
 
 def _check_proxy_protocol(config: Config) -> None:
     """A PROXY header is trusted only from named networks; its options need each other."""
-    wanted = config.proxy_protocol or config.proxy_protocol_data
-    if wanted and not config.proxy_protocol_from:
-        flag = "proxy-protocol" if config.proxy_protocol else "proxy-protocol-data"
-        raise ConfigError(f"{flag}: needs --proxy-protocol-from with the balancers' networks")
-    if config.proxy_protocol_from and not wanted:
-        raise ConfigError(
-            "proxy-protocol-from: only with --proxy-protocol or --proxy-protocol-data"
+    prefixed = [
+        f"{option} {description}"
+        for option, descriptions in (
+            ("listen", config.listen),
+            ("listen-implicit", config.listen_implicit),
         )
-    if config.public_address_from_proxy_header and not config.proxy_protocol:
-        raise ConfigError("public-address-from-proxy-header: needs --proxy-protocol")
+        for description in descriptions
+        if Listener.of(description).proxied
+    ]
+    control = config.proxy_protocol or bool(prefixed)
+    if (control or config.proxy_protocol_data) and not config.proxy_protocol_from:
+        flag = (
+            "proxy-protocol"
+            if config.proxy_protocol
+            else prefixed[0]
+            if prefixed
+            else "proxy-protocol-data"
+        )
+        raise ConfigError(f"{flag}: needs --proxy-protocol-from with the balancers' networks")
+    if config.proxy_protocol_from and not (control or config.proxy_protocol_data):
+        raise ConfigError(
+            "proxy-protocol-from: only with --proxy-protocol, a haproxy: listener "
+            "or --proxy-protocol-data"
+        )
+    if config.proxy_protocol_data and not control:
+        raise ConfigError(
+            "proxy-protocol-data: needs --proxy-protocol or a haproxy: listener (data "
+            "connections expect a header when their session's control connection had one)"
+        )
+    if config.public_address_from_proxy_header and not control:
+        raise ConfigError(
+            "public-address-from-proxy-header: needs --proxy-protocol or a haproxy: listener"
+        )
 
 
 def _check_user_routing(config: Config) -> None:

@@ -121,7 +121,10 @@ class Config:
 
     # -- listeners and client-facing TLS
     listen: tuple[str, ...] = option(
-        ENDPOINTS, (), "Endpoint for plain FTP and explicit FTPS (repeatable), e.g. tcp:2121"
+        ENDPOINTS,
+        (),
+        "Endpoint for plain FTP and explicit FTPS (repeatable), e.g. tcp:2121; "
+        "haproxy:tcp:2121 expects a PROXY header there (see --proxy-protocol)",
     )
     listen_implicit: tuple[str, ...] = option(
         ENDPOINTS, (), "Endpoint for implicit FTPS (repeatable), e.g. tcp:990"
@@ -132,14 +135,16 @@ class Config:
         "Control listeners (plain and implicit) require a PROXY protocol v1/v2 header from "
         "--proxy-protocol-from before anything else, and take the client's address from it: "
         "behind an L4 balancer (HAProxy send-proxy, a cloud NLB) every client would "
-        "otherwise have the balancer's address (limits, lockout, logs, data checks)",
+        "otherwise have the balancer's address (limits, lockout, logs, data checks); "
+        "for one listener only, prefix its endpoint with haproxy:",
     )
     proxy_protocol_data: bool = option(
         FLAG,
         False,
         "Passive data listeners require the PROXY header too (a balancer that forwards the "
-        "passive ports with send-proxy-v2), so the data connection's source check compares "
-        "the real client addresses; without it a header on a data connection is data",
+        "passive ports with send-proxy-v2) for sessions that came with a header, so the "
+        "data connection's source check compares the real client addresses; without it a "
+        "header on a data connection is data",
     )
     proxy_protocol_from: tuple[str, ...] = option(
         NETWORKS,

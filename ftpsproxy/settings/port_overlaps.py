@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 
 from ftpsproxy.settings.errors import ConfigError
+from ftpsproxy.settings.listeners import Listener
 from ftpsproxy.settings.values import PortRange
 
 #: Twisted's server endpoint types that listen on a TCP port given as the first argument.
@@ -26,7 +27,7 @@ def tcp_port(description: str) -> int | None:
     None for what has no TCP port to compare (``unix:``, ``systemd:``) or does not parse:
     the endpoint parser reports those, with the option's name.
     """
-    kind, *arguments = _UNESCAPED_COLON.split(description)
+    kind, *arguments = _UNESCAPED_COLON.split(Listener.of(description).endpoint)
     if kind not in _TCP_TYPES:
         return None
     positional = [each for each in arguments if "=" not in each]
