@@ -340,6 +340,18 @@ def test_drain_by_sighup_keeps_the_open_session_and_sends_new_ones_elsewhere(
     wait_until(lambda: rig.sessions()["vsftpd"] == 0, 10, "the drained session's release")
 
 
+def test_a_new_balance_by_sighup_applies_to_the_next_sessions(
+    make_proxy: MakeProxy, tmp_path: Path, trio: list[Member]
+) -> None:
+    rig = start_pool_proxy(make_proxy, tmp_path, trio, "round-robin")
+    assert [rig.served_by() for _ in range(3)] == list(NAMES)
+    rig.top["balance"] = "priority"
+    rig.write_config()
+    os.kill(rig.proxy.pid, signal.SIGHUP)  # type: ignore[attr-defined]
+    rig.proxy.wait_log(r"SIGHUP: balance changed from round-robin to priority")
+    assert [rig.served_by() for _ in range(6)] == ["vsftpd"] * 6
+
+
 # -- 8. readiness --------------------------------------------------------------------------
 
 

@@ -139,6 +139,19 @@ operations = st.lists(
 )
 
 
+def test_a_new_policy_applies_to_the_next_session_and_keeps_health_and_leases() -> None:
+    pool = Pool(backends("a", "b", "c"))
+    held = pool.acquire("a")
+    pool.report("b", DOWN)
+    assert _names(pool) == ["a", "c"]
+    pool.set_policy(Policy.LEAST_SESSIONS)
+    assert pool.policy is Policy.LEAST_SESSIONS
+    assert _names(pool)[0] == "c"  # a holds a session; b is still down
+    pool.set_policy(Policy.PRIORITY)
+    assert _names(pool) == ["a", "c"]
+    assert held is not None and pool.release(held) and pool.sessions("a") == 0
+
+
 @settings(max_examples=120, deadline=None)
 @given(
     st.sampled_from(Policy),

@@ -173,6 +173,8 @@ class ProxyService(ProcessService):
         guard.max_failures = change.config.max_login_failures
         guard.lockout = change.config.login_lockout
         self.context.allocator.set_share(change.config.passive_share)
+        if "balance" in change.applied:
+            self.context.router.pool.set_policy(change.config.balance)
         if "backends" in change.applied:
             self._apply_pool(change.config)
 

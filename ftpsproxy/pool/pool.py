@@ -33,6 +33,11 @@ class Pool:
         self._backends: dict[str, Backend] = {}
         self.update(backends)
 
+    def set_policy(self, policy: Policy) -> None:
+        """Balance new sessions by *policy* from now on (a reload); leases and health stay."""
+        self.policy = Policy(policy)
+        self._balancer = balancer(self.policy)
+
     @property
     def backends(self) -> list[Backend]:
         """In configured order."""

@@ -223,7 +223,10 @@ class Config:
         reloadable=True,
     )
     balance: Policy = option(
-        choice(Policy), Policy.ROUND_ROBIN, "How a pool's backend is chosen at USER"
+        choice(Policy),
+        Policy.ROUND_ROBIN,
+        "How a pool's backend is chosen at USER; SIGHUP applies a change to new sessions",
+        reloadable=True,
     )
     # -- routing by user: a map file, an HTTP lookup, a client's own choice
     user_map: Path | None = option(
