@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
@@ -87,7 +87,13 @@ class InMemoryBackend:
 
 class Harness:
     def __init__(
-        self, *, tls: bool = False, require_tls: bool = False, ports: int = 2, **settings: Any
+        self,
+        *,
+        tls: bool = False,
+        require_tls: bool = False,
+        ports: int = 2,
+        peer: IPv4Address | IPv6Address = CLIENT,
+        **settings: Any,
     ) -> None:
         self.reactor = EphemeralPortReactor()
         self.backend = InMemoryBackend()
@@ -115,7 +121,7 @@ class Harness:
             router=router,
         )
         self.client = FrontendProtocol(self.context, "test", "explicit" if tls else "plain")
-        self.client_transport = TLSCapableTransport(hostAddress=PROXY, peerAddress=CLIENT)
+        self.client_transport = TLSCapableTransport(hostAddress=PROXY, peerAddress=peer)
         self.client.makeConnection(self.client_transport)
         self.control: BackendControl | None = None
         self.backend_transport: StringTransport | None = None
@@ -719,6 +725,27 @@ def test_sessions_over_the_per_ip_limit_get_421() -> None:
     assert fourth_transport.value().startswith(b"220 ")
 
 
+def _connect_from(harness: Harness, host: str) -> StringTransport:
+    transport = StringTransport(hostAddress=PROXY, peerAddress=IPv6Address("TCP", host, 50000))
+    FrontendProtocol(harness.context, "test", "plain").makeConnection(transport)
+    return transport
+
+
+def test_the_per_ip_limit_counts_an_ipv6_client_by_its_network() -> None:
+    harness = Harness(max_sessions_per_ip=2)
+    assert _connect_from(harness, "2001:db8:1:2::1").value().startswith(b"220 ")
+    assert _connect_from(harness, "2001:db8:1:2:ffff::9").value().startswith(b"220 ")
+    refused = _connect_from(harness, "2001:db8:1:2:a:b:c:d")  # the same /64
+    assert refused.value() == b"421 Too many sessions from your address.\r\n"
+    assert _connect_from(harness, "2001:db8:1:3::1").value().startswith(b"220 ")  # next /64
+    assert harness.context.sessions_per_ip["2001:db8:1:2::/64"] == 2
+
+    harness.context.config = replace(harness.context.config, ipv6_prefix_length=128)
+    assert _connect_from(harness, "2001:db8:1:2::77").value().startswith(b"220 ")
+    # Sessions keep what they were counted as: ending them frees the right places.
+    assert harness.context.sessions_per_ip["2001:db8:1:2::77"] == 1
+
+
 def test_stat_during_a_transfer_is_answered_by_the_proxy(harness: Harness) -> None:
     harness.login()
     _, factory = _passive(harness)
@@ -805,6 +832,23 @@ def test_too_many_failed_logins_lock_the_address_out() -> None:
     later.makeConnection(later_transport)
     assert later_transport.value() == b"220 ftpsproxy ready.\r\n"
     assert sample("ftpsproxy_locked_out_addresses") == 0
+
+
+def test_the_lockout_covers_the_ipv6_network_the_guesses_came_from() -> None:
+    guesser = IPv6Address("TCP", "2001:db8:5:6::10", 50000)
+    harness = Harness(
+        login_failure_delay=0.5, max_login_failures=2, login_lockout=60.0, peer=guesser
+    )
+    harness.replies()
+    _fail_login(harness, first=True)
+    harness.reactor.advance(0.5)
+    _fail_login(harness)
+    harness.reactor.advance(0.5)
+    locked_out = b"421 Too many failed logins from your address; try again later.\r\n"
+    assert harness.replies().endswith(locked_out)
+    assert _connect_from(harness, "2001:db8:5:6:dead:beef::1").value() == locked_out
+    assert _connect_from(harness, "2001:db8:5:7::10").value().startswith(b"220 ")
+    assert harness.metrics.registry.get_sample_value("ftpsproxy_locked_out_addresses") == 1
 
 
 def test_client_that_never_finishes_closing_is_reset_after_the_close_timeout() -> None:

@@ -113,6 +113,7 @@ class DataConnections:
             lambda: channel.client,
             self._session.server_tls if self._session.protect_data else None,
             headers=self._context.data_headers if self._data_headers_expected() else None,
+            owner=self._client.counted_as,
         )
         if not listener.start(self._client.local_host):
             channel.abort()

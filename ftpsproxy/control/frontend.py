@@ -32,6 +32,7 @@ from ftpsproxy.control.queue import MAX_PIPELINED
 from ftpsproxy.control.session import Session
 from ftpsproxy.ftp.errors import LineTooLong
 from ftpsproxy.ftp.lines import LineBuffer
+from ftpsproxy.net.client_address import limit_key
 from ftpsproxy.net.closing import CloseDeadline
 from ftpsproxy.net.proxy_header_out import ClientFacts, ClientTLS
 from ftpsproxy.net.proxy_protocol import ProxyHeaderFactory, proxied_header
@@ -59,6 +60,7 @@ class FrontendProtocol(Protocol):
         self.tls_active = False
         self._tls_started = mode == "implicit"
         self.peer_host = ""
+        self.counted_as = ""
         self.local_host = ""
         self.proxied_destination: str | None = None
         self._ports = (0, 0)  # the client's port, and the one it connected to
@@ -84,12 +86,13 @@ class FrontendProtocol(Protocol):
         if header is not None:  # getPeer() is already the header's client
             self.proxied_destination = header.destination
             self._ports = (header.source_port, header.destination_port)
+        self.counted_as = limit_key(self.peer_host, self._context.config.ipv6_prefix_length)
         tune(self.transport)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._producing = True
         if self._tls_started:
             self._handshake.start()
-        refusal = self._context.admission_refusal(self.peer_host)
+        refusal = self._context.admission_refusal(self.counted_as)
         if refusal is not None:
             reason, text = refusal
             log.warn("refused a session from {client}: {why}", client=self.peer_host, why=text)

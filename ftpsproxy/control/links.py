@@ -20,6 +20,9 @@ class ClientLink(Protocol):
     """What the session needs from the client-facing control connection."""
 
     peer_host: str
+    # What the per-address limits and the lockout count it by: its IPv4 address or its
+    # IPv6 network (ftpsproxy.net.client_address), fixed when it connected.
+    counted_as: str
     local_host: str
     proxied_destination: str | None  # where the client connected to, from a PROXY header
     tls_active: bool

@@ -191,7 +191,7 @@ class Login:
         allowed failures plus guesses under way (in all its sessions); otherwise it waits.
         """
         guard = self._context.login_guard
-        host = self._client.peer_host
+        host = self._client.counted_as
         if guard.locked(host, self._now()):
             self._session.close(421, LOCKED_OUT)
             return
@@ -230,7 +230,7 @@ class Login:
         The sessions that were waiting for a place try again in a later turn of the
         reactor, not inside this session's reply handler.
         """
-        guard, host, now = self._context.login_guard, self._client.peer_host, self._now()
+        guard, host, now = self._context.login_guard, self._client.counted_as, self._now()
         if not self._guess_in_flight:  # a 530 to USER or ACCT
             return guard.failed(host, now) if failed else False
         self._guess_in_flight = False
@@ -254,7 +254,7 @@ class Login:
         if locked:
             self._context.events.locked_out(
                 self._session.id,
-                self._client.peer_host,
+                self._client.counted_as,
                 config.login_lockout,
                 config.max_login_failures,
             )
@@ -277,7 +277,7 @@ class Login:
         backend as failed (we will never know how it went)."""
         cancel_call(self.penalty_timer)
         if self._waiter is not None:
-            self._context.login_guard.cancel(self._client.peer_host, self._waiter)
+            self._context.login_guard.cancel(self._client.counted_as, self._waiter)
             self._waiter = None
         if self._guess_in_flight:
             self._answered(failed=True)

@@ -97,7 +97,7 @@ class Session:
 
     def start(self) -> None:
         self.context.open_sessions.add(self)
-        self.context.sessions_per_ip[self.client.peer_host] += 1
+        self.context.sessions_per_ip[self.client.counted_as] += 1
         clock = self.context.reactor
         self._login_timer = clock.callLater(self.config.login_timeout, self._login_timed_out)
         self._idle_timer = clock.callLater(self.config.idle_timeout, self._idle_timed_out)
@@ -154,9 +154,9 @@ class Session:
             self.context.router.release(self.route)
         self.client.close()
         self.context.open_sessions.discard(self)
-        self.context.sessions_per_ip[self.client.peer_host] -= 1
-        if self.context.sessions_per_ip[self.client.peer_host] <= 0:
-            del self.context.sessions_per_ip[self.client.peer_host]
+        self.context.sessions_per_ip[self.client.counted_as] -= 1
+        if self.context.sessions_per_ip[self.client.counted_as] <= 0:
+            del self.context.sessions_per_ip[self.client.counted_as]
         self.events.session_ended(
             self.facts,
             user=self.user,

@@ -70,8 +70,12 @@ class PassiveListener:
         tls: ServerTLS | None,
         *,
         headers: HeaderRules | None = None,
+        owner: str | None = None,
     ) -> None:
         self._reactor = reactor
+        # Whose share of the range the port counts in: the client's address unless told
+        # (its IPv6 network: ftpsproxy.net.client_address); ::ffff:1.2.3.4 is 1.2.3.4.
+        self._owner = owner or client_host.removeprefix("::ffff:")
         self._headers = headers  # None: no header is read, whatever comes is data
         self._allocator = allocator
         self._metrics = metrics
@@ -84,7 +88,7 @@ class PassiveListener:
 
     def start(self, interface: str) -> bool:
         """Listen on a free port of the range; False when none can be had."""
-        owner = self._client_host.removeprefix("::ffff:")  # one address, however it came
+        owner = self._owner
         refusal = Refusal.EXHAUSTED
         for _ in range(self._allocator.capacity):
             port = self._allocator.acquire(owner)

@@ -74,7 +74,7 @@ def _seconds(low: float, high: float, *, zero: bool) -> Callable[[Any], float]:
     return convert
 
 
-def _count(least: int) -> Callable[[Any], int]:
+def _count(least: int, most: int | None = None) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
         try:
             count = int(value)
@@ -82,6 +82,8 @@ def _count(least: int) -> Callable[[Any], int]:
             raise ValueError("is not a whole number") from None
         if count < least:
             raise ValueError(f"must be a whole number >= {least}")
+        if most is not None and count > most:
+            raise ValueError(f"must be a whole number <= {most}")
         return count
 
     return convert
@@ -169,6 +171,7 @@ SECONDS = Kind("a number of seconds", (int, float), _seconds(0, 86400, zero=Fals
 DELAY = Kind("a number of seconds", (int, float), _seconds(0, 60, zero=True), "{:g}".format)
 COUNT = Kind("a whole number", (int,), _count(1))
 COUNT_OR_ZERO = Kind("a whole number", (int,), _count(0))
+PREFIX_LENGTH = Kind("a whole number", (int,), _count(1, 128))
 FLAG = Kind("true or false", (bool,), _flag, flag=True)
 #: ``[[backends]]``: checked as a list here, read table by table in ``settings.backends``.
 TABLES: Kind[Any] = Kind("a list of tables", (list,), lambda tables: tables, command_line=False)

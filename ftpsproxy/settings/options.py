@@ -30,6 +30,7 @@ from ftpsproxy.settings.kinds import (
     NETWORKS,
     PATH,
     PORT_RANGE,
+    PREFIX_LENGTH,
     SECONDS,
     TABLES,
     TEXT,
@@ -346,6 +347,13 @@ class Config:
     max_sessions: int = option(COUNT, 1000, "Sessions open at once, in total", reloadable=True)
     max_sessions_per_ip: int = option(
         COUNT, 50, "Sessions open at once per client IP", reloadable=True
+    )
+    ipv6_prefix_length: int = option(
+        PREFIX_LENGTH,
+        64,
+        "The per-IP limits and the login lockout count an IPv6 client by its network of "
+        "this many bits (an IPv6 host usually has a whole /64); 128: each address",
+        reloadable=True,
     )
     login_timeout: float = option(
         SECONDS, 60.0, "Seconds from connection to login", reloadable=True
