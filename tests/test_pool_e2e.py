@@ -315,6 +315,40 @@ def test_sigkill_under_load_loses_no_session_and_the_backend_comes_back(
     assert _delta(rig.connects(), before) == dict.fromkeys(NAMES, 3)
 
 
+def test_every_worker_probes_on_its_own_and_both_see_a_dead_backend_down_then_back(
+    make_proxy: MakeProxy, tmp_path: Path, trio: list[Member]
+) -> None:
+    """``--workers 2``: no worker is told by another; each one's probes take a dead
+    backend out and bring it back, and their views agree within about one interval."""
+    interval, fall = 0.5, 3
+    rig = start_pool_proxy(make_proxy, tmp_path, trio, "round-robin", workers=2)
+
+    def up_by_worker() -> dict[str, int]:
+        return {
+            labels["worker"]: int(value)
+            for name, labels, value in rig.samples()
+            if name == "ftpsproxy_backend_up" and labels.get("backend") == "proftpd"
+        }
+
+    for worker in "01":  # a probe's result, not the gauge's start value (1: unknown)
+        rig.proxy.wait_log(rf"worker={worker}\] backend proftpd is up")
+    victim = trio[1]
+    os.kill(victim.server.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+    first = wait_until(lambda: 0 in up_by_worker().values(), 10, "a worker sees it down")
+    both = first + wait_until(lambda: up_by_worker() == {"0": 0, "1": 0}, 10, "both see it")
+    print(f"proftpd down in one worker after {first:.2f} s, in both after {both:.2f} s")
+    assert both <= (fall + 2) * interval
+    assert both - first <= 2 * interval  # one interval apart, plus the scrapes' own time
+    log = rig.proxy.log_text()
+    for worker in "01":
+        assert re.search(rf"worker={worker}\] backend proftpd is down", log), worker
+    served = Counter(run_all(lambda _: rig.served_by(), range(12), CLIENTS))
+    assert set(served) == {"vsftpd", "pyftpdlib"} and served.total() == 12, served
+
+    victim.server.restart()  # type: ignore[attr-defined]
+    wait_until(lambda: up_by_worker() == {"0": 1, "1": 1}, 10, "both see it back")
+
+
 # -- 7. drain by SIGHUP --------------------------------------------------------------------
 
 
