@@ -162,8 +162,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "MiB/s = bytes / curl `time_total` (connect, TLS, login and the final 226 "
             "included). ×direct: vs the direct connection of the same kind (FTPS or plain); "
-            "×mod_proxy: vs mod_proxy in the same configuration. Every download verified by "
-            "size and SHA-256, every upload by size and SHA-256 on the backend's disk.",
+            "×mod_proxy: vs mod_proxy in the same configuration. Timed downloads go to "
+            "/dev/null and are checked by size (one untimed download per configuration, "
+            "before the rounds, by SHA-256); every upload by size and SHA-256 on the "
+            "backend's disk.",
         ]
 
     sessions = report["results"].get("sessions")

@@ -446,6 +446,9 @@ def part_throughput(args: argparse.Namespace, setup: Setup, raw: dict[str, Any])
         "fp-tls-tls", "fp-plain-plain", "fp-plain-plain-copy",
     )  # fmt: skip
     done: list[transfers.Transfer] = []
+    for target in chosen:  # the timed downloads go to /dev/null: check the bytes here
+        transfers.verify_download(setup.env, target)
+        say(f"{target.label}: an untimed download matches the payload's SHA-256")
     for round_no in range(1, args.rounds + 1):
         for direction in ("RETR", "STOR"):
             for target in chosen:

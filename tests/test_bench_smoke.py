@@ -82,7 +82,9 @@ def test_benchmark_quick_run_writes_verified_results(tmp_path: Path) -> None:
     assert results["slow_reader"]["peak_rss_mib"] > 0
 
     # Every transfer was verified; the proxies under test failed nothing.
-    assert raw["transfers"] and all(t["verified"] == "size+sha256" for t in raw["transfers"])
+    checks = {"RETR": "size", "STOR": "size+sha256"}  # RETR's bytes: the untimed check
+    assert raw["transfers"]
+    assert all(t["verified"] == checks[t["direction"]] for t in raw["transfers"])
     assert {t["config"] for t in raw["transfers"]} >= expected - {"fp-tls-plain-w2"}
     assert results["slow_reader"]["verified"] == "size+sha256"
     for record in raw["sessions"]:
@@ -93,6 +95,7 @@ def test_benchmark_quick_run_writes_verified_results(tmp_path: Path) -> None:
         if not record["config"].startswith("mp"):
             assert record["failed"] == 0, record
     assert "verified size+sha256" in result.stdout
+    assert "an untimed download matches the payload's SHA-256" in result.stdout
 
     # The Markdown has the tables, the core count and the targets.
     labels = {c["key"]: c["label"] for c in report["configurations"]}
