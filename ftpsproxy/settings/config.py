@@ -152,13 +152,8 @@ def _check_proxy_protocol(config: Config) -> None:
     ]
     control = config.proxy_protocol or bool(prefixed)
     if (control or config.proxy_protocol_data) and not config.proxy_protocol_from:
-        flag = (
-            "proxy-protocol"
-            if config.proxy_protocol
-            else prefixed[0]
-            if prefixed
-            else "proxy-protocol-data"
-        )
+        asking = ["proxy-protocol"] if config.proxy_protocol else prefixed
+        flag = (asking or ["proxy-protocol-data"])[0]
         raise ConfigError(f"{flag}: needs --proxy-protocol-from with the balancers' networks")
     if config.proxy_protocol_from and not (control or config.proxy_protocol_data):
         raise ConfigError(

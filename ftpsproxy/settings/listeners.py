@@ -27,8 +27,3 @@ class Listener:
         """*description* read; *all_proxied* is ``--proxy-protocol``."""
         endpoint = description.removeprefix(PROXIED_PREFIX)
         return cls(description, endpoint, all_proxied or endpoint != description)
-
-
-def any_prefixed(descriptions: tuple[str, ...]) -> bool:
-    """Whether one of *descriptions* asks for a PROXY header by itself."""
-    return any(Listener.of(each).proxied for each in descriptions)
