@@ -268,6 +268,48 @@ def test_clients_pick_an_allowed_backend_and_the_rest_take_the_default(
 # -- the HTTP lookup -----------------------------------------------------------------------
 
 
+def test_sighup_switches_to_another_map_file_or_to_the_lookup(
+    make_proxy: MakeProxy,
+    tmp_path: Path,
+    backends: dict[str, PyftpdBackend],
+    lookup_service: LookupService,
+) -> None:
+    first, second, third = (tmp_path / f"{name}.toml" for name in ("first", "second", "third"))
+    first.write_text('[users]\nbob = "beta"\n')
+    second.write_text('[users]\nbob = "gamma"\n')
+    proxy = start(make_proxy, tmp_path, backends, settings=f'user-map = "{first}"')
+    log = proxy.process
+    assert proxy.backend_of("bob") == "beta"
+
+    def switch(old: str, new: str) -> None:
+        proxy.config.write_text(proxy.config.read_text().replace(old, new, 1))
+        os.kill(log.pid, signal.SIGHUP)
+
+    switch(f'user-map = "{first}"', f'user-map = "{second}"')
+    log.wait_log(r"SIGHUP: user-map changed from \S+first\.toml to \S+second\.toml")
+    assert proxy.backend_of("bob") == "gamma"
+    second.write_text('[users]\nbob = "acme"\nalice = "acme"\n')  # the new file is watched
+    log.wait_log(r"user map \S+second\.toml loaded \(file changed\): 2 entries", timeout=3 * POLL)
+    assert proxy.backend_of("alice") == "acme"
+
+    # A new file that does not read: the routing stays, and the next SIGHUP tries again.
+    third.write_text('[users]\nbob = "delta"\n')
+    switch(f'user-map = "{second}"', f'user-map = "{third}"')
+    log.wait_log(r"SIGHUP: user-map not changed: .*unknown backend 'delta'")
+    assert proxy.backend_of("alice") == "acme"
+    third.write_text('[users]\nbob = "beta"\n')
+    os.kill(log.pid, signal.SIGHUP)
+    wait_until(lambda: log.log_text().count("SIGHUP: user-map changed") == 3, 10, "retried")
+    assert proxy.backend_of("bob") == "beta"
+    assert proxy.refused("alice").startswith("530")
+
+    # No map: the lookup answers instead.
+    switch(f'user-map = "{third}"', f'user-lookup = "{lookup_service.url}"')
+    log.wait_log(r"SIGHUP: user-lookup changed")
+    assert proxy.backend_of("bob") == "gamma"
+    assert lookup_service.asked == ["bob"]
+
+
 @dataclass
 class LookupService:
     """``GET /route/<user>``: the answer in ``answers`` (else 404), after ``delay`` seconds."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -122,20 +123,60 @@ class ProxyService(ProcessService):
 
     def _route_users(self, reactor: Any, config: Config, metrics: Metrics) -> UserMapFile | None:
         """The user map and the lookup, if configured; a broken map stops the start."""
-        context = self.context
-
-        def names() -> list[str]:
-            return [backend.name for backend in context.router.pool.backends]
-
-        events = UserRoutingEvents(metrics)
-        user_map = None
-        if config.user_map is not None:
-            user_map = UserMapFile(config.user_map, names, events)
-        lookup = None
-        if config.user_lookup is not None:
-            lookup = UserLookup(reactor, config.user_lookup, lambda: context.config, names, events)
-        context.user_routing = UserRouting(lambda: context.config, events, user_map, lookup)
+        self._user_events = UserRoutingEvents(metrics)
+        user_map = self._open_user_map(config)
+        lookup = self._open_user_lookup(reactor, config)
+        self._set_user_routing(user_map, lookup)
         return user_map
+
+    def _backend_names(self) -> list[str]:
+        return [backend.name for backend in self.context.router.pool.backends]
+
+    def _open_user_map(self, config: Config) -> UserMapFile | None:
+        if config.user_map is None:
+            return None
+        return UserMapFile(config.user_map, self._backend_names, self._user_events)
+
+    def _open_user_lookup(self, reactor: Any, config: Config) -> UserLookup | None:
+        if config.user_lookup is None:
+            return None
+        context = self.context
+        return UserLookup(
+            reactor,
+            config.user_lookup,
+            lambda: context.config,
+            self._backend_names,
+            self._user_events,
+        )
+
+    def _set_user_routing(self, user_map: UserMapFile | None, lookup: UserLookup | None) -> None:
+        context = self.context
+        context.user_routing = UserRouting(
+            lambda: context.config, self._user_events, user_map, lookup
+        )
+
+    def _reroute_users(self, change: ConfigChange) -> None:
+        """SIGHUP named another user map file or lookup URL, or none: new sessions route by
+        them.  A map file that does not read keeps the routing as it was, its path too, so
+        the next SIGHUP tries it again."""
+        routing = self.context.user_routing
+        user_map, lookup = routing.user_map, routing.lookup
+        if "user_map" in change.applied:
+            try:
+                user_map = self._open_user_map(change.config)
+            except ConfigError as error:
+                log.error("SIGHUP: user-map not changed: {error}", error=error)
+                kept = dataclasses.replace(self.config, user_map=change.applied["user_map"][0])
+                self.config = self.context.config = kept
+        if "user_lookup" in change.applied:
+            lookup = self._open_user_lookup(self.context.reactor, change.config)
+        if user_map is not self.user_map:
+            if self.user_map is not None:
+                self.user_map.stop()
+            if user_map is not None and self.running:
+                user_map.start(self.context.reactor)
+            self.user_map = user_map
+        self._set_user_routing(user_map, lookup)
 
     def _load_server_tls(self) -> ServerTLS:
         config = self.config
@@ -159,10 +200,11 @@ class ProxyService(ProcessService):
         """
         if self.context.xferlog is not None:
             self.context.xferlog.reopen()  # after rotation by logrotate
+        read_before = self.user_map
         change = self._reload_config()
         if change is not None:
             self._apply(change)
-        if self.user_map is not None:
+        if self.user_map is not None and self.user_map is read_before:
             self.user_map.reload("SIGHUP")  # after the backends: it names them
         self.reload_tls()
 
@@ -177,6 +219,8 @@ class ProxyService(ProcessService):
             self.context.router.pool.set_policy(change.config.balance)
         if "backends" in change.applied:
             self._apply_pool(change.config)
+        if "user_map" in change.applied or "user_lookup" in change.applied:
+            self._reroute_users(change)
 
     def _apply_pool(self, config: Config) -> None:
         """New ``[[backends]]`` tables: new sessions see them, running ones keep theirs."""

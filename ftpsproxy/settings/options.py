@@ -236,6 +236,7 @@ class Config:
         "TOML file mapping user names and glob patterns to backends, optionally rewriting "
         "the name the backend gets; re-read on SIGHUP and when it changes (a broken file "
         "keeps the previous map). A user it does not map gets 530 and no backend is contacted",
+        reloadable=True,
     )
     user_map_default: str | None = option(
         TEXT,
@@ -250,6 +251,7 @@ class Config:
         "URL-encoded name (else ?user= is appended); 200 with JSON "
         '{"backend": NAME} or {"backends": [...]} and optionally "user": NAME routes, '
         "404 means no backend for this user",
+        reloadable=True,
     )
     user_lookup_timeout: float = option(
         SECONDS,
