@@ -10,7 +10,6 @@ from __future__ import annotations
 import ftplib
 import io
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -252,7 +251,7 @@ def test_one_listener_behind_the_balancer_and_one_for_clients_straight_in(
         "--proxy-protocol-from", f"{BALANCER}/32", "--proxy-protocol-data",
         "--tls-handshake-timeout", "1", "--passive-timeout", "2",
     )  # fmt: skip
-    wait_until(lambda: _accepts(balanced_port), 10, "the haproxy: listener")  # refused, bound
+    proxied.proxy.wait_listening([balanced_port])  # type: ignore[attr-defined]
 
     client, public = "127.0.0.21", "198.51.100.21"
     balanced = BalancedFTP(
@@ -279,7 +278,7 @@ def test_one_listener_behind_the_balancer_and_one_for_clients_straight_in(
 
     # The haproxy: listener takes nothing but a header, and only from the balancer.
     untrusted = REFUSED.format(channel="control", reason="untrusted")
-    before = proxied.metrics()[untrusted]  # the wait for the listener made some
+    before = proxied.metrics()[untrusted]
     with connect(balanced_port, b"USER anonymous\r\n", source="127.0.0.1") as direct:
         assert closed_without_reply(direct)
     log = proxied.proxy.log_text()  # type: ignore[attr-defined]
@@ -291,11 +290,3 @@ def test_one_listener_behind_the_balancer_and_one_for_clients_straight_in(
     assert samples[REFUSED.format(channel="data", reason="untrusted")] == 0
     listeners = {key for key in samples if key.startswith("ftpsproxy_sessions_total{")}
     assert any(f"listener=haproxy:tcp:{balanced_port}:" in key for key in listeners), listeners
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True

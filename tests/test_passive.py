@@ -8,13 +8,15 @@ from twisted.logger import LogLevel, capturedLogs
 
 from ftpsproxy.data.passive import PassiveListener
 from ftpsproxy.data.ports import PortAllocator
+from ftpsproxy.net.client_address import limit_key
 from ftpsproxy.observe.metrics import Metrics
 
 
 def _listener(
     reactor: MemoryReactor, allocator: PortAllocator, metrics: Metrics, client: str
 ) -> PassiveListener:
-    return PassiveListener(reactor, allocator, metrics, client, Protocol, None)
+    owner = limit_key(client, 64)  # as the session counts it
+    return PassiveListener(reactor, allocator, metrics, client, Protocol, None, owner=owner)
 
 
 def _refused(metrics: Metrics, reason: str) -> float:

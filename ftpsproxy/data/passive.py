@@ -69,13 +69,13 @@ class PassiveListener:
         build: Callable[[], Protocol],
         tls: ServerTLS | None,
         *,
+        owner: str,
         headers: HeaderRules | None = None,
-        owner: str | None = None,
     ) -> None:
         self._reactor = reactor
-        # Whose share of the range the port counts in: the client's address unless told
-        # (its IPv6 network: ftpsproxy.net.client_address); ::ffff:1.2.3.4 is 1.2.3.4.
-        self._owner = owner or client_host.removeprefix("::ffff:")
+        # Whose share of the range the port counts in: what the per-address limits count
+        # the client by (ftpsproxy.net.client_address), not always its exact address.
+        self._owner = owner
         self._headers = headers  # None: no header is read, whatever comes is data
         self._allocator = allocator
         self._metrics = metrics
@@ -88,10 +88,9 @@ class PassiveListener:
 
     def start(self, interface: str) -> bool:
         """Listen on a free port of the range; False when none can be had."""
-        owner = self._owner
         refusal = Refusal.EXHAUSTED
         for _ in range(self._allocator.capacity):
-            port = self._allocator.acquire(owner)
+            port = self._allocator.acquire(self._owner)
             if isinstance(port, Refusal):
                 refusal = port
                 break
@@ -113,7 +112,7 @@ class PassiveListener:
             log.warn(
                 "refused a passive port to {client}: it holds {held} (its share is {share})",
                 client=self._client_host,
-                held=self._allocator.held_by(owner),
+                held=self._allocator.held_by(self._owner),
                 share=self._allocator.share,
             )
         else:
